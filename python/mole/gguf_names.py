@@ -1,0 +1,80 @@
+"""The GGUF key and tensor names of architecture `mole`, and the map from checkpoint names to them.
+
+This is the only place Python spells these names; runtime/src/names.h is the C++ twin and
+tests/test_names.py checks that the two agree. Pure Python: importable without numpy or torch.
+"""
+
+ARCH = "mole"
+ALIGNMENT = 4096
+
+# GGUF metadata keys.
+KEY_ARCHITECTURE = "general.architecture"
+KEY_NAME = "general.name"
+KEY_ALIGNMENT = "general.alignment"
+KEY_VOCAB_SIZE = "mole.vocab_size"
+KEY_CONTEXT_LENGTH = "mole.context_length"
+KEY_EMBEDDING_LENGTH = "mole.embedding_length"
+KEY_BLOCK_COUNT = "mole.block_count"
+KEY_FEED_FORWARD_LENGTH = "mole.feed_forward_length"
+KEY_EXPERT_COUNT = "mole.expert_count"
+KEY_EXPERT_FEED_FORWARD_LENGTH = "mole.expert_feed_forward_length"
+KEY_HEAD_COUNT = "mole.attention.head_count"
+KEY_HEAD_COUNT_KV = "mole.attention.head_count_kv"
+KEY_RMS_EPS = "mole.attention.layer_norm_rms_epsilon"
+KEY_ROPE_FREQ_BASE = "mole.rope.freq_base"
+KEY_ROPE_SCALING_TYPE = "mole.rope.scaling.type"
+KEY_ROPE_SCALING_FACTOR = "mole.rope.scaling.factor"
+KEY_TOKENIZER_MODEL = "tokenizer.ggml.model"
+KEY_TOKENIZER_PRE = "tokenizer.ggml.pre"
+KEY_TOKENS = "tokenizer.ggml.tokens"
+KEY_TOKEN_TYPE = "tokenizer.ggml.token_type"
+KEY_MERGES = "tokenizer.ggml.merges"
+KEY_BOS_ID = "tokenizer.ggml.bos_token_id"
+KEY_EOS_ID = "tokenizer.ggml.eos_token_id"
+KEY_PAD_ID = "tokenizer.ggml.padding_token_id"
+KEY_CHAT_TEMPLATE = "tokenizer.chat_template"
+
+# GGUF tensor names; {i} is the layer.
+TENSOR_TOKEN_EMBD = "token_embd.weight"        # [d, V]
+TENSOR_ATTN_NORM = "blk.{i}.attn_norm.weight"  # [d]
+TENSOR_ATTN_Q = "blk.{i}.attn_q.weight"        # [d, n_head*hd]
+TENSOR_ATTN_K = "blk.{i}.attn_k.weight"        # [d, n_head_kv*hd]
+TENSOR_ATTN_V = "blk.{i}.attn_v.weight"        # [d, n_head_kv*hd]
+TENSOR_ATTN_OUT = "blk.{i}.attn_output.weight"  # [n_head*hd, d]
+TENSOR_FFN_NORM = "blk.{i}.ffn_norm.weight"    # [d]
+TENSOR_FFN_UP = "blk.{i}.ffn_up.weight"        # [d, D]
+TENSOR_FFN_DOWN = "blk.{i}.ffn_down.weight"    # [D, d]
+TENSOR_ROUTER = "blk.{i}.ffn_gate_inp.weight"  # [d, N]
+TENSOR_OUTPUT_NORM = "output_norm.weight"      # [d]
+TENSOR_OUTPUT = "output.weight"                # [d, V]
+TENSOR_LUT = "lut.weight"                      # [L*N*d, V], last tensor in the file
+
+# Checkpoint (authors' HF layout) name -> GGUF name. Experts and the expert norm are consumed by
+# the re-parameterization and never written; model.moe_table.weight becomes the LUT.
+CHECKPOINT_TO_GGUF = {
+    "model.embed_tokens.weight": TENSOR_TOKEN_EMBD,
+    "model.layers.{i}.input_layernorm.weight": TENSOR_ATTN_NORM,
+    "model.layers.{i}.self_attn.q_proj.weight": TENSOR_ATTN_Q,
+    "model.layers.{i}.self_attn.k_proj.weight": TENSOR_ATTN_K,
+    "model.layers.{i}.self_attn.v_proj.weight": TENSOR_ATTN_V,
+    "model.layers.{i}.self_attn.o_proj.weight": TENSOR_ATTN_OUT,
+    "model.layers.{i}.post_attention_layernorm.weight": TENSOR_FFN_NORM,
+    "model.layers.{i}.mlp.up_proj.weight": TENSOR_FFN_UP,
+    "model.layers.{i}.mlp.down_proj.weight": TENSOR_FFN_DOWN,
+    "model.layers.{i}.router.weight": TENSOR_ROUTER,
+    "model.norm.weight": TENSOR_OUTPUT_NORM,
+    "lm_head.weight": TENSOR_OUTPUT,
+    "model.moe_table.weight": TENSOR_LUT,
+}
+# Training-form names that feed the LUT.
+CKPT_EXPERT_NORM = "model.layers.{i}.expert_layernorm.weight"
+CKPT_EXPERT_UP = "model.layers.{i}.experts.{j}.up_proj.weight"      # [D_e, d]
+CKPT_EXPERT_DOWN = "model.layers.{i}.experts.{j}.down_proj.weight"  # [d, D_e]
+
+# Tensors that stay f32 whatever --weight-type says.
+F32_TENSORS = (TENSOR_ATTN_NORM, TENSOR_FFN_NORM, TENSOR_OUTPUT_NORM, TENSOR_ROUTER)
+
+
+def layer_name(template: str, i: int, j: int | None = None) -> str:
+    """Fill a {i}/{j} template."""
+    return template.format(i=i, j=j) if j is not None else template.format(i=i)

@@ -1,0 +1,61 @@
+// CPU backend: the reference kernels every other backend is tested against.
+// Activations are f32, row-major. Weights keep their file type (ggml block layouts) and are never
+// expanded to f32 as a whole. SIMD paths (AVX2, AVX-512) are chosen at run time (cpu_features()).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "backend/cpu/threadpool.h"
+
+namespace mole::cpu {
+
+// ggml type ids (same values as enum mole_type).
+enum class Type : uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8, BF16 = 30 };
+
+// Elements per block and bytes per block of a type (F32: 1 and 4). False for unknown types.
+bool type_traits(uint32_t type, int64_t *block_elems, int64_t *block_bytes);
+// Bytes of a row of n elements (n must be a multiple of the block size).
+int64_t row_bytes(Type type, int64_t n);
+const char *type_name(Type type);
+
+struct Features { bool avx2 = false, fma = false, f16c = false, avx512f = false, avx512bw = false,
+                  avx512vnni = false, avx512bf16 = false; };
+const Features &cpu_features();   // detected once (cpuid + xgetbv), thread-safe
+
+// dst[0..n) = dequantized row; n a multiple of the block size.
+void dequantize_row(Type type, const void *src, float *dst, int64_t n);
+
+// Y[S, n] = X[S, k] @ W^T.  W: n rows of k elements each, stored as rows of `type`
+// (ggml: a tensor with ne0 = k, ne1 = n). Quantized types quantize X to the matching dot format
+// internally. Work is split over pool (may be null: run on the caller).
+void matmul(Type type, const void *W, int64_t n, int64_t k, const float *X, int64_t S, float *Y,
+            ThreadPool *pool);
+
+// out[S, d] = w * (x * rsqrt(mean(x^2) + eps)), fp32.
+void rmsnorm(const float *x, const float *w, int64_t S, int64_t d, float eps, float *out);
+
+// Rotate-half RoPE in place on x[S, n_head, head_dim]: for pair (i, i + head_dim/2),
+// angle = pos[s] * freq_scale * theta^(-2i/head_dim).
+void rope(float *x, int64_t S, int64_t n_head, int64_t head_dim, const int32_t *pos, float theta,
+          float freq_scale);
+
+// x = 0.5 x (1 + erf(x / sqrt 2)) in place, n elements.
+void gelu(float *x, int64_t n);
+
+// Row-wise softmax in place, x[S, n].
+void softmax(float *x, int64_t S, int64_t n);
+
+// Causal attention for one sequence.
+//   q     [S, n_head, hd]                 queries of the S new tokens at positions pos0 .. pos0+S-1
+//   k, v  [T, n_head_kv, hd] with stride kv_stride floats between positions (T = pos0 + S)
+//   out   [S, n_head, hd]
+// Head h reads kv head h / (n_head / n_head_kv) (GQA). Scale 1/sqrt(hd). Token s sees
+// positions 0 .. pos0+s.
+void attention(const float *q, const float *k, const float *v, int64_t kv_stride, float *out, int64_t S,
+               int64_t pos0, int64_t n_head, int64_t n_head_kv, int64_t hd, ThreadPool *pool);
+
+// MoLE mix: out[d] += sum_j g[j] * rows[j, d], rows = the token's N expert outputs for one layer.
+void lut_mix(const float *g, const float *rows, int64_t N, int64_t d, float *out);
+
+}  // namespace mole::cpu

@@ -1,0 +1,28 @@
+// A fixed pool of worker threads; parallel_for wakes them once per call, no allocation per call.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace mole::cpu {
+
+class ThreadPool {
+public:
+    // n_threads counts the calling thread: n_threads = 1 runs everything on the caller.
+    explicit ThreadPool(int n_threads);
+    ~ThreadPool();
+    ThreadPool(const ThreadPool &) = delete;
+    ThreadPool &operator=(const ThreadPool &) = delete;
+
+    int size() const { return n_threads_; }
+    // Runs fn(task, thread) for task in [0, n_tasks), spread over the threads; returns when all
+    // are done. thread is in [0, size()). Not reentrant.
+    void parallel_for(int64_t n_tasks, const std::function<void(int64_t task, int thread)> &fn);
+
+private:
+    struct Impl;
+    Impl *impl_;
+    int n_threads_;
+};
+
+}  // namespace mole::cpu
