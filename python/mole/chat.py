@@ -1,0 +1,60 @@
+"""Chat prompts: the GGUF's chat template rendered with jinja2's sandbox, or a plain default."""
+from __future__ import annotations
+
+from . import errors
+
+# For base models without a template: a plain transcript; generation stops when the model starts
+# the next user turn.
+DEFAULT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m.role == 'system' %}{{ m.content }}\n\n"
+    "{% elif m.role == 'user' %}User: {{ m.content }}\n"
+    "{% else %}Assistant: {{ m.content }}\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+DEFAULT_STOPS = ["\nUser:", "\nAssistant:"]
+
+
+def _check_messages(messages) -> list[dict]:
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise errors.InvalidArgumentError("messages must be a non-empty list of {'role', 'content'} dicts")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise errors.InvalidArgumentError(f"message {i} must be a dict with 'role' and 'content'")
+        if m["role"] not in ("system", "user", "assistant"):
+            raise errors.InvalidArgumentError(f"message {i}: unknown role {m['role']!r}")
+        if not isinstance(m["content"], str):
+            raise errors.InvalidArgumentError(f"message {i}: content must be a string")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def render_chat(messages, template: str | None, model) -> tuple[str, list[str]]:
+    """(prompt text, extra stop strings) for messages under template (None: the default)."""
+    import jinja2.sandbox
+
+    msgs = _check_messages(messages)
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+    def raise_exception(msg):
+        raise errors.InvalidArgumentError(f"chat template: {msg}")
+
+    env.globals["raise_exception"] = raise_exception
+    md = model.metadata
+    tokens = md.get("tokenizer.ggml.tokens") or []
+
+    def tok(key):
+        i = md.get(key)
+        return tokens[i] if isinstance(i, int) and 0 <= i < len(tokens) else ""
+
+    stops = [] if template else list(DEFAULT_STOPS)
+    try:
+        tpl = env.from_string(template or DEFAULT_TEMPLATE)
+        text = tpl.render(messages=msgs, add_generation_prompt=True, bos_token=tok("tokenizer.ggml.bos_token_id"),
+                          eos_token=tok("tokenizer.ggml.eos_token_id"))
+    except jinja2.TemplateError as e:
+        raise errors.FormatError(f"chat template failed to render: {e}") from None
+    return text, stops
+

@@ -1,0 +1,259 @@
+"""The `mole` command: convert, inspect, run, chat, train, perplexity, bench.
+
+Exit codes: 0 success, 1 an error (message on stderr), 2 bad usage, 130 interrupted (Ctrl-C).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+from . import errors
+
+_TORCH_HINT = "this command needs the converter: pip install 'mole-cpp[convert]'"
+
+
+def _add_model_args(p: argparse.ArgumentParser, ctx_default: int = 2048) -> None:
+    p.add_argument("-m", "--model", default=None, help="model .gguf (default: the bundled demo model)")
+    p.add_argument("-c", "--ctx", type=int, default=ctx_default, help=f"context length (default {ctx_default})")
+    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="compute device (default cpu)")
+    p.add_argument("--lut-cache-mb", type=int, default=None, help="LUT row cache size in MB (0 disables)")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temp", type=float, default=0.8, help="temperature; 0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=40, help="top-k, 0 = off (default 40)")
+    p.add_argument("--top-p", type=float, default=0.95, help="top-p, 1 = off (default 0.95)")
+    p.add_argument("--min-p", type=float, default=0.05, help="min-p, 0 = off (default 0.05)")
+    p.add_argument("--repeat-penalty", type=float, default=1.1, help="repetition penalty, 1 = off (default 1.1)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+
+
+def _sampling(a) -> dict:
+    return dict(temperature=a.temp, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
+                repeat_penalty=a.repeat_penalty, seed=a.seed)
+
+
+def _open_model(a):
+    from . import Model, demo_model_path
+    path = a.model or demo_model_path()
+    return Model(path, n_ctx=a.ctx, n_threads=a.threads, device=a.device, lut_cache_mb=a.lut_cache_mb)
+
+
+# ---- subcommands ------------------------------------------------------------------------------
+
+def cmd_run(a) -> int:
+    with _open_model(a) as m:
+        prompt = a.prompt if a.prompt is not None else sys.stdin.read()
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        t0 = time.perf_counter()
+        n = 0
+        for piece in m.generate(prompt, max_tokens=a.n_predict, stream=True, **_sampling(a)):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            n += 1
+        sys.stdout.write("\n")
+        if a.verbose:
+            dt = time.perf_counter() - t0
+            s = m.stats()
+            print(f"[{s['tokens_evaluated']} tokens evaluated in {dt:.2f} s; LUT rows fetched "
+                  f"{s['lut_rows_fetched']}, cache hits {s['lut_cache_hits']}]", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(a) -> int:
+    with _open_model(a) as m:
+        history = [{"role": "system", "content": a.system}] if a.system else []
+        interactive = sys.stdin.isatty()
+        if interactive:
+            print(f"mole chat: {m!r}\n/reset clears the history, /stats shows counters, Ctrl-D leaves.",
+                  file=sys.stderr)
+        while True:
+            if interactive:
+                sys.stderr.write("> ")
+                sys.stderr.flush()
+            line = sys.stdin.readline()
+            if not line:
+                break
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            if line.strip() == "/reset":
+                history = history[:1] if a.system else []
+                m.reset()
+                print("(history cleared)", file=sys.stderr)
+                continue
+            if line.strip() == "/stats":
+                for k, v in m.stats().items():
+                    print(f"{k}: {v}")
+                continue
+            history.append({"role": "user", "content": line})
+            reply = []
+            try:
+                for chunk in m.chat(history, stream=True, max_tokens=a.n_predict, **_sampling(a)):
+                    piece = chunk["choices"][0]["delta"].get("content", "")
+                    reply.append(piece)
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+            except errors.ContextFullError:
+                print("\n(the conversation no longer fits in the context; /reset to start over)", file=sys.stderr)
+                history.pop()
+                continue
+            except KeyboardInterrupt:
+                print("\n(interrupted)", file=sys.stderr)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            history.append({"role": "assistant", "content": "".join(reply).strip()})
+    return 0
+
+
+def cmd_perplexity(a) -> int:
+    import numpy as np
+
+    with open(a.file, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    if a.chars:
+        text = text[: a.chars]
+    with _open_model(a) as m:
+        ids = m.tokenize(text)
+        if len(ids) < 2:
+            raise errors.InvalidArgumentError(f"{a.file}: fewer than 2 tokens of text")
+        n_ctx = min(a.ctx, m.n_ctx)
+        stride = max(1, n_ctx // 2)
+        nll, count = 0.0, 0
+        t0 = time.perf_counter()
+        start = 0
+        total = len(ids) - 1
+        while count < total:
+            window = ids[start:start + n_ctx]
+            logits = m.logits(window).astype(np.float64)
+            logp = logits - logits.max(axis=1, keepdims=True)
+            logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+            first = 0 if start == 0 else n_ctx - stride   # score only tokens not scored before
+            tgt = np.asarray(window[first + 1:])
+            nll -= logp[np.arange(first, first + len(tgt)), tgt].sum()
+            count += len(tgt)
+            _progress(count, total, t0, "tokens")
+            start += stride if start + n_ctx < len(ids) else n_ctx
+        sys.stderr.write("\n")
+        n_bytes = len(text.encode("utf-8"))
+        print(f"tokens {count}  ppl {math.exp(nll / count):.4f}  nll/token {nll / count:.4f}  "
+              f"bits/byte {nll / math.log(2) / n_bytes:.4f}")
+    return 0
+
+
+def cmd_bench(a) -> int:
+    import numpy as np
+
+    with _open_model(a) as m:
+        rng = np.random.default_rng(0)
+        prompt = rng.integers(1, m.n_vocab, size=a.prompt_tokens).tolist()
+        rows = []
+        for rep in range(a.repeats):
+            m.reset()
+            m.reset_stats()
+            t0 = time.perf_counter()
+            m.logits(prompt)
+            t_prompt = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            n = 0
+            for _ in m.generate(prompt, max_tokens=a.gen_tokens, temperature=0.0, stream=True):
+                n += 1
+            t_gen = time.perf_counter() - t0
+            rows.append((len(prompt) / t_prompt, a.gen_tokens / t_gen))
+        pp = sorted(r[0] for r in rows)[len(rows) // 2]
+        tg = sorted(r[1] for r in rows)[len(rows) // 2]
+        s = m.stats()
+        print(f"model {m!r}\nthreads {m.n_threads}\nprompt {len(prompt)} tokens: {pp:.1f} tokens/s (median of "
+              f"{a.repeats})\ndecode {a.gen_tokens} tokens: {tg:.1f} tokens/s\nLUT rows fetched "
+              f"{s['lut_rows_fetched']}, cache hits {s['lut_cache_hits']}")
+    return 0
+
+
+def _progress(done: int, total: int, t0: float, unit: str) -> None:
+    frac = done / max(1, total)
+    el = time.perf_counter() - t0
+    eta = el / frac - el if frac > 0 else 0
+    bar = "#" * int(30 * frac)
+    sys.stderr.write(f"\r[{bar:<30}] {done}/{total} {unit} {done / max(el, 1e-9):.0f}/s ETA {eta:.0f}s")
+    sys.stderr.flush()
+
+
+def _converter(name: str):
+    try:
+        import mole_convert  # noqa: F401
+        import importlib
+        return importlib.import_module(f"mole_convert.{name}")
+    except ImportError as e:
+        raise errors.MoleError(f"{_TORCH_HINT} ({e})") from None
+
+
+# ---- entry point ------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mole", description="Run and convert Mixture-of-Lookup-Experts models.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    sub.add_parser("convert", help="convert an HF MoLE checkpoint directory to .gguf", add_help=False)
+    sub.add_parser("inspect", help="show a .gguf file's metadata, tensors and LUT size", add_help=False)
+    sub.add_parser("train", help="train a MoLE (or dense) model on text files", add_help=False)
+
+    r = sub.add_parser("run", help="complete one prompt, streamed")
+    _add_model_args(r)
+    r.add_argument("-p", "--prompt", default=None, help="prompt text (default: read stdin)")
+    r.add_argument("-n", "--n-predict", type=int, default=128, help="tokens to generate (default 128)")
+    r.add_argument("-v", "--verbose", action="store_true", help="print counters to stderr")
+    _add_sampling_args(r)
+    r.set_defaults(fn=cmd_run)
+
+    c = sub.add_parser("chat", help="interactive chat (reads lines from stdin)")
+    _add_model_args(c)
+    c.add_argument("-n", "--n-predict", type=int, default=256, help="most tokens per reply (default 256)")
+    c.add_argument("--system", default=None, help="system message")
+    _add_sampling_args(c)
+    c.set_defaults(fn=cmd_chat)
+
+    q = sub.add_parser("perplexity", help="perplexity and bits per byte of a text file")
+    _add_model_args(q, ctx_default=512)
+    q.add_argument("-f", "--file", required=True, help="text file")
+    q.add_argument("--chars", type=int, default=None, help="only the first N characters")
+    q.set_defaults(fn=cmd_perplexity)
+
+    b = sub.add_parser("bench", help="prompt and decode speed of a model")
+    _add_model_args(b)
+    b.add_argument("--prompt-tokens", type=int, default=512)
+    b.add_argument("--gen-tokens", type=int, default=64)
+    b.add_argument("--repeats", type=int, default=3)
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+_DELEGATED = {"convert": ("convert", "main_convert"), "inspect": ("inspect", "main_inspect"),
+              "train": ("train", "main")}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in _DELEGATED:
+            mod, fn = _DELEGATED[argv[0]]
+            return int(getattr(_converter(mod), fn)(argv[1:]) or 0)
+        parser = build_parser()
+        a = parser.parse_args(argv)
+        if not getattr(a, "fn", None):
+            parser.print_help()
+            return 2
+        return a.fn(a)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except (errors.MoleError, OSError, ValueError) as e:
+        print(f"mole: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

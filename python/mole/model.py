@@ -1,0 +1,406 @@
+"""mole.Model: a loaded model plus one context: tokenize, logits, generate (streaming), chat, stats."""
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from . import _ffi, errors
+from .chat import render_chat
+from .stops import StopMatcher
+
+_DEVICES = {"cpu": 0, "cuda": 1}
+
+
+class Model:
+    """A MoLE (or dense) model in a .gguf file, ready to evaluate.
+
+    One Model holds one context (KV cache) and must be used by one thread at a time.
+    """
+
+    def __init__(self, path, n_ctx: int = 2048, n_threads: int | None = None, device: str = "cpu",
+                 *, n_batch: int = 512, lut_cache_mb: int | None = None):
+        path = os.fspath(path)
+        if not isinstance(n_ctx, int) or n_ctx < 1:
+            raise errors.InvalidArgumentError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+        if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
+            raise errors.InvalidArgumentError(f"n_threads must be a positive integer or None, got {n_threads!r}")
+        if not isinstance(n_batch, int) or n_batch < 1:
+            raise errors.InvalidArgumentError(f"n_batch must be a positive integer, got {n_batch!r}")
+        if lut_cache_mb is not None and (not isinstance(lut_cache_mb, int) or lut_cache_mb < 0):
+            raise errors.InvalidArgumentError(f"lut_cache_mb must be >= 0 or None, got {lut_cache_mb!r}")
+        if device not in _DEVICES:
+            raise errors.InvalidArgumentError(f"device must be one of {sorted(_DEVICES)}, got {device!r}")
+        if not Path(path).exists():
+            raise errors.ModelFileNotFoundError(f"model file not found: {path}")
+        self._model = None
+        self._ctx = None
+        self.path = path
+        L = _ffi.get()
+        self._L, ffi, lib = L, L.ffi, L.lib
+
+        mparams = ffi.new("struct mole_model_params *")
+        lib.mole_model_default_params(mparams)
+        mparams.device = _DEVICES[device]
+        out = ffi.new("struct mole_model **")
+        _ffi.check(lib.mole_model_load(path.encode(), mparams, out), f"loading {path}")
+        self._model = out[0]
+
+        info = ffi.new("struct mole_model_info *")
+        _ffi.check(lib.mole_model_get_info(self._model, info))
+        self._info = {k: getattr(info, k) for k in dir(info)}
+
+        cparams = ffi.new("struct mole_context_params *")
+        lib.mole_context_default_params(cparams)
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = n_batch
+        if n_threads is not None:
+            cparams.n_threads = n_threads
+        if lut_cache_mb is not None:
+            cparams.lut_cache_mb = lut_cache_mb
+        cout = ffi.new("struct mole_context **")
+        try:
+            _ffi.check(lib.mole_context_new(self._model, cparams, cout), "creating context")
+        except BaseException:
+            lib.mole_model_free(self._model)
+            self._model = None
+            raise
+        self._ctx = cout[0]
+        got = ffi.new("struct mole_context_params *")
+        _ffi.check(lib.mole_context_get_params(self._ctx, got))
+        self.n_ctx = int(got.n_ctx)
+        self.n_threads = int(got.n_threads)
+        self.n_batch = int(got.n_batch)
+        self.device = device
+        self._tokens: list[int] = []   # what sequence 0 of the context holds now
+        self._metadata = None
+        self._logits_buf = np.empty(self.n_vocab, dtype=np.float32)
+
+    # ---- properties ----------------------------------------------------------------------
+
+    @property
+    def n_vocab(self) -> int:
+        return int(self._info["n_vocab"])
+
+    @property
+    def n_layer(self) -> int:
+        return int(self._info["n_layer"])
+
+    @property
+    def n_expert(self) -> int:
+        return int(self._info["n_expert"])
+
+    @property
+    def n_embd(self) -> int:
+        return int(self._info["n_embd"])
+
+    @property
+    def info(self) -> dict:
+        """Hyperparameters and sizes (struct mole_model_info as a dict)."""
+        return dict(self._info)
+
+    @property
+    def metadata(self) -> dict:
+        """Every GGUF metadata key of the file, with its value."""
+        if self._metadata is None:
+            buf, n = _ffi.call_sized(self._lib.mole_model_metadata_json, self._live_model(), initial=1 << 20)
+            self._metadata = json.loads(self._L.ffi.unpack(buf, n).decode("utf-8", "replace"))
+        return self._metadata
+
+    @property
+    def _lib(self):
+        return self._L.lib
+
+    def _live_model(self):
+        if self._model is None:
+            raise errors.MoleError("the model is closed")
+        return self._model
+
+    def _live_ctx(self):
+        if self._ctx is None:
+            raise errors.MoleError("the model is closed")
+        return self._ctx
+
+    # ---- tokens ----------------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_bos: bool = False, special: bool = False) -> list[int]:
+        """Text to token ids. special=True maps special-token text like <|endoftext|> to its id."""
+        if not isinstance(text, str):
+            raise errors.InvalidArgumentError(f"tokenize expects str, got {type(text).__name__}")
+        data = text.encode("utf-8", "surrogatepass")
+        buf, n = _ffi.call_sized(self._lib.mole_tokenize, self._live_model(), data, len(data), int(add_bos),
+                                 int(special), initial=len(data) + 8, kind="int32_t")
+        return list(self._L.ffi.unpack(buf, n))
+
+    def detokenize(self, ids, skip_special: bool = False) -> str:
+        """Token ids to text (invalid UTF-8 becomes U+FFFD)."""
+        return self.detokenize_bytes(ids, skip_special).decode("utf-8", "replace")
+
+    def detokenize_bytes(self, ids, skip_special: bool = False) -> bytes:
+        arr = self._check_ids(ids)
+        ptr = self._L.ffi.from_buffer("int32_t[]", arr)
+        buf, n = _ffi.call_sized(self._lib.mole_detokenize, self._live_model(), ptr, len(arr), int(skip_special),
+                                 initial=len(arr) * 8 + 16)
+        return bytes(self._L.ffi.buffer(buf, n))
+
+    def token_is_eog(self, token: int) -> bool:
+        return bool(self._lib.mole_token_is_eog(self._live_model(), int(token)))
+
+    def _check_ids(self, ids) -> np.ndarray:
+        arr = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
+        if arr.size and (arr.min() < 0 or arr.max() >= self.n_vocab):
+            bad = int(arr[(arr < 0) | (arr >= self.n_vocab)][0])
+            raise errors.InvalidArgumentError(f"token id {bad} out of range [0, {self.n_vocab})")
+        return arr.astype(np.int32)
+
+    # ---- evaluation ------------------------------------------------------------------------
+
+    def _truncate(self, n_keep: int) -> None:
+        _ffi.check(self._lib.mole_seq_truncate(self._live_ctx(), 0, n_keep))
+        del self._tokens[n_keep:]
+
+    def _eval(self, ids: np.ndarray, out: np.ndarray | None) -> None:
+        """Appends ids to sequence 0 in n_batch chunks (Ctrl-C is seen between chunks; the context
+        keeps the chunks done). out: [len(ids), V] for every position's logits, or [V] for the
+        last position only, or None."""
+        ffi, lib, ctx = self._L.ffi, self._lib, self._live_ctx()
+        if len(self._tokens) + len(ids) > self.n_ctx:
+            raise errors.ContextFullError(
+                f"{len(self._tokens) + len(ids)} tokens do not fit in the context (n_ctx = {self.n_ctx})")
+        try:
+            self._eval_chunks(ids, out)
+        except BaseException:
+            # Ctrl-C or an error may land between a finished step and our bookkeeping: start clean.
+            lib.mole_seq_truncate(ctx, 0, 0)
+            self._tokens.clear()
+            raise
+
+    def _eval_chunks(self, ids: np.ndarray, out: np.ndarray | None) -> None:
+        ffi, lib, ctx = self._L.ffi, self._lib, self._ctx
+        for start in range(0, len(ids), self.n_batch):
+            chunk = ids[start:start + self.n_batch]
+            last = start + len(chunk) == len(ids)
+            if out is not None and out.ndim == 2:
+                want = ffi.NULL
+                dst = out[start:start + len(chunk)]
+            elif out is not None and last:
+                flags = np.zeros(len(chunk), dtype=np.int8)
+                flags[-1] = 1
+                want = ffi.from_buffer("int8_t[]", flags)
+                dst = out
+            else:
+                flags = np.zeros(len(chunk), dtype=np.int8)
+                want = ffi.from_buffer("int8_t[]", flags)
+                dst = None
+            dptr = ffi.from_buffer("float[]", dst) if dst is not None else ffi.NULL
+            cap = dst.size if dst is not None else 0
+            _ffi.check(lib.mole_decode(ctx, len(chunk), ffi.from_buffer("int32_t[]", chunk), ffi.NULL, want,
+                                       dptr, cap))
+            self._tokens.extend(int(t) for t in chunk)
+
+    def logits(self, ids) -> np.ndarray:
+        """Fresh evaluation of ids from position 0: float32 logits [len(ids), n_vocab]."""
+        arr = self._check_ids(ids)
+        if arr.size == 0:
+            raise errors.InvalidArgumentError("logits needs at least one token")
+        if arr.size > self.n_ctx:
+            raise errors.ContextFullError(f"{arr.size} tokens do not fit in the context (n_ctx = {self.n_ctx})")
+        self._truncate(0)
+        out = np.empty((arr.size, self.n_vocab), dtype=np.float32)
+        self._eval(arr, out)
+        return out
+
+    def _prefill(self, ids: np.ndarray) -> np.ndarray:
+        """Makes sequence 0 hold ids, reusing the longest common prefix already in the cache;
+        returns the logits after the last id."""
+        common = 0
+        limit = min(len(self._tokens), len(ids) - 1)   # always re-evaluate at least the last token
+        while common < limit and self._tokens[common] == int(ids[common]):
+            common += 1
+        self._truncate(common)
+        self._eval(ids[common:], self._logits_buf)
+        return self._logits_buf
+
+    # ---- generation ------------------------------------------------------------------------
+
+    def generate(self, prompt, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
+                 top_p: float = 0.95, seed: int | None = None, stop=None, stream: bool = False,
+                 *, min_p: float = 0.05, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
+                 add_bos: bool = False):
+        """Completes prompt (str or token ids). temperature=0 is greedy. stop: a string or list of
+        strings that end the text (not included). Returns the text, or with stream=True an
+        iterator of text pieces."""
+        it = self._generate_iter(prompt, max_tokens, temperature, top_k, top_p, seed, stop, min_p,
+                                 repeat_penalty, repeat_last_n, add_bos)
+        if stream:
+            return (piece for piece, _ in it)
+        return "".join(piece for piece, _ in it)
+
+    def _sampler(self, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed):
+        ffi, lib = self._L.ffi, self._lib
+        for name, v, lo in (("temperature", temperature, 0.0), ("top_p", top_p, 0.0), ("min_p", min_p, 0.0),
+                            ("repeat_penalty", repeat_penalty, 0.0)):
+            if not isinstance(v, (int, float)) or v < lo or v != v:
+                raise errors.InvalidArgumentError(f"{name} must be a number >= {lo}, got {v!r}")
+        if top_p > 1 or min_p > 1:
+            raise errors.InvalidArgumentError("top_p and min_p must be <= 1")
+        if not isinstance(top_k, int) or top_k < 0:
+            raise errors.InvalidArgumentError(f"top_k must be an integer >= 0, got {top_k!r}")
+        p = ffi.new("struct mole_sampler_params *")
+        lib.mole_sampler_default_params(p)
+        p.temperature, p.top_k, p.top_p, p.min_p = temperature, top_k, top_p, min_p
+        p.repeat_penalty, p.repeat_last_n = repeat_penalty, repeat_last_n
+        p.seed = int.from_bytes(os.urandom(8), "little") if seed is None else int(seed) & (2**64 - 1)
+        out = ffi.new("struct mole_sampler **")
+        _ffi.check(lib.mole_sampler_new(p, out))
+        return ffi.gc(out[0], lib.mole_sampler_free)
+
+    def _generate_iter(self, prompt, max_tokens, temperature, top_k, top_p, seed, stop, min_p,
+                       repeat_penalty, repeat_last_n, add_bos) -> Iterator[tuple[str, str | None]]:
+        """Yields (text piece, None) and finally ("", finish_reason) where finish_reason is
+        "stop" (EOS or a stop string) or "length"."""
+        if not isinstance(max_tokens, int) or max_tokens < 0:
+            raise errors.InvalidArgumentError(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
+        ids = self._check_ids(self.tokenize(prompt, add_bos=add_bos) if isinstance(prompt, str) else prompt)
+        if ids.size == 0:
+            raise errors.InvalidArgumentError("the prompt is empty: give at least one token")
+        if ids.size > self.n_ctx:
+            raise errors.ContextFullError(f"the prompt has {ids.size} tokens; the context holds {self.n_ctx}")
+        sampler = self._sampler(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
+        return self._generate_steps(ids, max_tokens, sampler, StopMatcher(stop))
+
+    def _generate_steps(self, ids, max_tokens, sampler, stops: StopMatcher):
+        ffi, lib = self._L.ffi, self._lib
+        for t in ids:
+            lib.mole_sampler_accept(sampler, int(t))
+        dec = ffi.new("struct mole_decoder **")
+        _ffi.check(lib.mole_decoder_new(self._live_model(), dec))
+        decoder = ffi.gc(dec[0], lib.mole_decoder_free)
+        logits = self._prefill(ids)
+        tok = ffi.new("int32_t *")
+        finish = "length"
+        for i in range(max_tokens):
+            _ffi.check(lib.mole_sampler_sample(sampler, ffi.from_buffer("float[]", logits), self.n_vocab, tok))
+            t = int(tok[0])
+            if lib.mole_token_is_eog(self._model, t):
+                finish = "stop"
+                break
+            buf, n = _ffi.call_sized(lib.mole_decoder_push, decoder, t, initial=64)
+            piece, hit = stops.feed(ffi.unpack(buf, n).decode("utf-8", "replace"))
+            if piece:
+                yield piece, None
+            if hit:
+                finish = "stop"
+                break
+            if i + 1 == max_tokens:
+                break
+            if len(self._tokens) >= self.n_ctx:
+                break   # finish "length": the context is full
+            self._eval(np.array([t], dtype=np.int32), logits)
+        if finish != "stop":
+            buf, n = _ffi.call_sized(lib.mole_decoder_flush, decoder, initial=64)
+            piece, _ = stops.feed(ffi.unpack(buf, n).decode("utf-8", "replace"))
+            if piece:
+                yield piece, None
+        tail = stops.flush() if finish != "stop" or not stops.matched else ""
+        if tail:
+            yield tail, None
+        yield "", finish
+
+    # ---- chat ------------------------------------------------------------------------------
+
+    def chat(self, messages, stream: bool = False, max_tokens: int = 256, **sampling):
+        """OpenAI-shaped chat completion over the file's chat template (or a plain default)."""
+        template = self.metadata.get("tokenizer.chat_template")
+        prompt, default_stops = render_chat(messages, template, self)
+        stop = sampling.pop("stop", None)
+        stops = ([stop] if isinstance(stop, str) else list(stop or [])) + default_stops
+        prompt_ids = self.tokenize(prompt, add_bos=False, special=True)
+        cid = "chatcmpl-" + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        model_name = Path(self.path).name
+        it = self._generate_iter(prompt_ids, max_tokens, sampling.pop("temperature", 0.8),
+                                 sampling.pop("top_k", 40), sampling.pop("top_p", 0.95), sampling.pop("seed", None),
+                                 stops, sampling.pop("min_p", 0.05), sampling.pop("repeat_penalty", 1.0),
+                                 sampling.pop("repeat_last_n", 64), False)
+        if sampling:
+            raise errors.InvalidArgumentError(f"unknown chat option(s): {', '.join(sorted(sampling))}")
+        if stream:
+            return self._chat_chunks(it, cid, created, model_name)
+        text, finish = [], "length"
+        for piece, fin in it:
+            text.append(piece)
+            if fin is not None:
+                finish = fin
+        content = "".join(text)
+        n_out = len(self.tokenize(content)) if content else 0
+        return {
+            "id": cid, "object": "chat.completion", "created": created, "model": model_name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": finish}],
+            "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": n_out,
+                      "total_tokens": len(prompt_ids) + n_out},
+        }
+
+    @staticmethod
+    def _chat_chunks(it, cid, created, model_name):
+        def chunk(delta, finish=None):
+            return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        yield chunk({"role": "assistant"})
+        for piece, fin in it:
+            if fin is not None:
+                yield chunk({}, fin)
+            elif piece:
+                yield chunk({"content": piece})
+
+    # ---- bookkeeping -----------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        """LUT and evaluation counters of this model's context."""
+        s = self._L.ffi.new("struct mole_stats *")
+        _ffi.check(self._lib.mole_context_get_stats(self._live_ctx(), s))
+        out = {k: getattr(s, k) for k in ("lut_rows_fetched", "lut_bytes_fetched", "lut_cache_hits",
+                                          "tokens_evaluated", "steps", "lut_cache_bytes", "t_eval_ms", "t_lut_ms")}
+        out["lut_row_bytes"] = int(self._info["lut_row_bytes"])
+        out["n_ctx"] = self.n_ctx
+        out["tokens_in_context"] = len(self._tokens)
+        return out
+
+    def reset_stats(self) -> None:
+        self._lib.mole_context_reset_stats(self._live_ctx())
+
+    def reset(self) -> None:
+        """Clears the context (KV cache)."""
+        self._truncate(0)
+
+    def close(self) -> None:
+        """Frees the context and the model; safe to call twice."""
+        if self._ctx is not None:
+            self._lib.mole_context_free(self._ctx)
+            self._ctx = None
+        if self._model is not None:
+            self._lib.mole_model_free(self._model)
+            self._model = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self):
+        state = "closed" if self._model is None else f"n_ctx={self.n_ctx}"
+        return (f"<mole.Model {Path(self.path).name!r} V={self.n_vocab} L={self.n_layer} N={self.n_expert} "
+                f"{state}>")

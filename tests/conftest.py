@@ -1,0 +1,41 @@
+"""Shared pytest fixtures: tiny models built by code (fixed seeds, no downloads), cached per session."""
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_data(*parts) -> Path | None:
+    """A file under ../shared/data when present (tests fall back or skip without it)."""
+    p = SHARED_DATA.joinpath(*parts)
+    return p if p.exists() else None
+
+
+@pytest.fixture(scope="session")
+def model_factory(tmp_path_factory):
+    """make(lut_type="f32", weight_type="f32", form="training", seed=0, tokenizer="tiny", **config)
+    -> path of a converted .gguf (built once per distinct argument set)."""
+    torch = pytest.importorskip("torch")
+    from mole_convert.convert import convert
+    from mole_convert.testing import make_random_checkpoint, tiny_config
+
+    root = tmp_path_factory.mktemp("models")
+    cache = {}
+
+    def make(lut_type="f32", weight_type="f32", form="training", seed=0, tokenizer="tiny", **overrides):
+        key = json.dumps([lut_type, weight_type, form, seed, tokenizer, sorted(overrides.items())], default=str)
+        if key not in cache:
+            h = hashlib.sha1(key.encode()).hexdigest()[:12]
+            cfg = tiny_config(**overrides)
+            ckpt = make_random_checkpoint(root / f"ckpt-{h}", cfg, seed=seed, form=form, tokenizer=tokenizer)
+            out = root / f"model-{h}.gguf"
+            convert(ckpt, out, lut_type=lut_type, weight_type=weight_type, progress=False)
+            cache[key] = (out, ckpt, cfg)
+        return cache[key]
+
+    return make
