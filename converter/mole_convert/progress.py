@@ -16,8 +16,7 @@ class Progress:
                 tqdm = None
             if tqdm is not None:
                 self._bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr,
-                                 dynamic_ncols=True, smoothing=0.1, mininterval=0.5,
-                                 bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]")
+                                 dynamic_ncols=True, smoothing=0.1, mininterval=0.5)
 
     def update(self, n: float) -> None:
         if self._bar is not None:

@@ -1,0 +1,152 @@
+"""convert(): an HF MoLE checkpoint directory (training, re-parameterized or dense form) -> one GGUF file,
+written to DST.tmp-<pid> and renamed over DST only when complete. `mole convert` is main_convert()."""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import pathlib
+import signal
+import sys
+import threading
+
+import torch
+
+from .checkpoint import load_checkpoint
+from .errors import ConvertError
+from .gguf_out import LUT_TYPES, WEIGHT_TYPES, plan_tensors, write_gguf
+from .quantize import can_quantize
+from .reparam import LutStream
+from .tokenizer_meta import build_tokenizer_meta
+
+
+def temp_path(dst: pathlib.Path, pid: int | None = None) -> pathlib.Path:
+    """Where a conversion to dst writes until it renames: DST.tmp-<pid>."""
+    return dst.with_name(f"{dst.name}.tmp-{os.getpid() if pid is None else pid}")
+
+
+def _remove_stale_temps(dst: pathlib.Path) -> None:
+    """Temp files of killed conversions (their process is gone) are removed."""
+    for p in glob.glob(glob.escape(str(dst)) + ".tmp-*"):
+        suffix = p.rsplit(".tmp-", 1)[1]
+        if not suffix.isdigit() or int(suffix) == os.getpid():
+            continue
+        try:
+            os.kill(int(suffix), 0)
+        except ProcessLookupError:
+            pathlib.Path(p).unlink(missing_ok=True)
+        except PermissionError:
+            pass
+
+
+def _say(msg: str, enabled: bool) -> None:
+    if enabled:
+        print(f"mole convert: {msg}", file=sys.stderr, flush=True)
+
+
+def convert(src_dir, dst_path, lut_type: str = "q8_0", weight_type: str = "f16", *,
+            chunk_tokens: int | None = None, threads: int | None = None, progress: bool = True,
+            memory_budget: int | None = None) -> pathlib.Path:
+    """Convert a checkpoint directory to a GGUF file at dst_path and return its path.
+
+    lut_type: f32|f16|bf16|q8_0|q4_0 (the LUT); weight_type: f32|f16|bf16|q8_0 (matrices; norms and router
+    stay f32). chunk_tokens forces the LUT chunk size, otherwise it follows memory_budget (bytes).
+    threads: torch threads for the re-parameterization (default: all cores). An existing dst_path is
+    replaced only once the new file is complete; on any failure no partial file is left.
+    """
+    if lut_type not in LUT_TYPES:
+        raise ValueError(f"LUT type {lut_type!r} is not one of {', '.join(LUT_TYPES)}")
+    if weight_type not in WEIGHT_TYPES:
+        raise ValueError(f"weight type {weight_type!r} is not one of {', '.join(WEIGHT_TYPES)}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    dst = pathlib.Path(dst_path)
+    if dst.is_dir():
+        raise ConvertError(f"output path {dst} is a directory")
+    if not dst.parent.is_dir():
+        raise FileNotFoundError(f"output directory {dst.parent} does not exist")
+
+    ckpt = load_checkpoint(src_dir)
+    c = ckpt.config
+    if ckpt.tokenizer_path is None:
+        raise ConvertError(f"{ckpt.directory}: no tokenizer.json beside config.json; the GGUF file must carry "
+                           "the tokenizer")
+    tok = build_tokenizer_meta(ckpt.tokenizer_path, c.vocab_size, bos_token_id=c.bos_token_id,
+                               eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id,
+                               chat_template=ckpt.chat_template)
+    plan = plan_tensors(ckpt, weight_type)
+    notes = tok.notes + plan.notes
+    lut = None
+    if ckpt.form != "dense":
+        row_len = c.num_hidden_layers * c.num_experts * c.hidden_size
+        if not can_quantize(lut_type, row_len):
+            notes.append(f"LUT row length {row_len} is not a multiple of the {lut_type} block size; stored as f16")
+            lut_type = "f16"
+        lut = LutStream(ckpt, lut_type, chunk_tokens=chunk_tokens, memory_budget=memory_budget, progress=progress)
+    for n in notes:
+        _say(f"note: {n}", progress)
+    if lut is not None:
+        p = lut.plan
+        _say(f"{ckpt.form} checkpoint, LUT [{p.vocab} x {p.row_len}] {p.lut_type} = {lut.nbytes / 2**30:.2f} GiB, "
+             f"{p.chunk_tokens} tokens per chunk, experts {'kept' if p.keep_weights else 'read per chunk'}", progress)
+
+    _remove_stale_temps(dst)
+    tmp = temp_path(dst)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    try:
+        write_gguf(tmp, ckpt, plan, tok, lut, name=ckpt.directory.resolve().name, progress=progress)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        torch.set_num_threads(old_threads)
+    return dst
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mole convert",
+                                description="Convert an HF MoLE checkpoint directory (training, re-parameterized "
+                                            "or dense form) to a GGUF file; the LUT is computed in streaming chunks.")
+    p.add_argument("src", metavar="SRC", help="checkpoint directory (config.json, weights, tokenizer.json)")
+    p.add_argument("dst", metavar="DST", help="output .gguf path (replaced only when complete)")
+    p.add_argument("--lut-type", choices=LUT_TYPES, default="q8_0", help="LUT storage type (default q8_0)")
+    p.add_argument("--weight-type", choices=WEIGHT_TYPES, default="f16",
+                   help="type of the dense matrices (default f16); norms and router stay f32")
+    p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
+    p.add_argument("--chunk-tokens", type=int, default=None, help="LUT rows per chunk (default: from --memory-mb)")
+    p.add_argument("--memory-mb", type=int, default=None,
+                   help="working-set budget for LUT chunks and expert weights in MiB (default 1536)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes")
+    return p
+
+
+def _sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def main_convert(argv=None) -> int:
+    """`mole convert SRC DST [--lut-type ...] [--weight-type ...] [--threads N]`; returns the exit status."""
+    a = build_parser().parse_args(argv)
+    in_main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _sigterm) if in_main else None   # SIGTERM cleans up like Ctrl-C
+    try:
+        out = convert(a.src, a.dst, a.lut_type, a.weight_type, chunk_tokens=a.chunk_tokens, threads=a.threads,
+                      progress=not a.quiet,
+                      memory_budget=None if a.memory_mb is None else a.memory_mb << 20)
+    except KeyboardInterrupt:
+        print("mole convert: interrupted; no output written", file=sys.stderr)
+        return 130
+    except (ConvertError, OSError, ValueError) as e:
+        print(f"mole convert: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+    _say(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)", not a.quiet)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_convert())

@@ -1,0 +1,152 @@
+"""GGUF v3 writing for architecture `mole` (DESIGN.md's file-format tables): metadata, dense tensors read
+and quantized one at a time, and the LUT streamed last. Nothing is held beyond one tensor or one chunk."""
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import gguf
+
+from mole import gguf_names as G
+
+from .checkpoint import Checkpoint
+from .errors import ConvertError
+from .progress import Progress
+from .quantize import can_quantize, ggml_type, quantize, row_bytes
+from .tokenizer_meta import TokenizerMeta
+
+WEIGHT_TYPES = ("f32", "f16", "bf16", "q8_0")
+LUT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
+
+# checkpoint per-layer names in file order, from the shared table (router only in MoLE forms)
+_LAYER_ORDER = (
+    "model.layers.{i}.input_layernorm.weight", "model.layers.{i}.self_attn.q_proj.weight",
+    "model.layers.{i}.self_attn.k_proj.weight", "model.layers.{i}.self_attn.v_proj.weight",
+    "model.layers.{i}.self_attn.o_proj.weight", "model.layers.{i}.post_attention_layernorm.weight",
+    "model.layers.{i}.router.weight", "model.layers.{i}.mlp.up_proj.weight",
+    "model.layers.{i}.mlp.down_proj.weight",
+)
+
+
+@dataclass
+class PlannedTensor:
+    """One dense tensor: checkpoint source, GGUF name, numpy-order shape (= checkpoint shape), type."""
+    ckpt_name: str
+    gguf_name: str
+    shape: tuple[int, ...]      # [rows, n]: ggml ne0 = n (last)
+    type_name: str
+
+    @property
+    def nbytes(self) -> int:
+        rows = int(np.prod(self.shape[:-1])) if len(self.shape) > 1 else 1
+        return rows * row_bytes(self.type_name, self.shape[-1])
+
+
+@dataclass
+class TensorPlan:
+    tensors: list[PlannedTensor]
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_tensors(ckpt: Checkpoint, weight_type: str) -> TensorPlan:
+    """Every non-LUT tensor in file order with its GGUF type: norms and router f32, matrices weight_type
+    (f16 when a row is not a whole number of weight_type blocks)."""
+    if weight_type not in WEIGHT_TYPES:
+        raise ValueError(f"weight type {weight_type!r} is not one of {', '.join(WEIGHT_TYPES)}")
+    entries = [("model.embed_tokens.weight", None)]
+    for i in range(ckpt.config.num_hidden_layers):
+        entries += [(t, i) for t in _LAYER_ORDER if not (ckpt.form == "dense" and ".router." in t)]
+    entries += [("model.norm.weight", None), ("lm_head.weight", None)]
+    plan = TensorPlan([])
+    for template, i in entries:
+        gtemplate = G.CHECKPOINT_TO_GGUF[template]
+        name, gname = (template, gtemplate) if i is None else (template.format(i=i), gtemplate.format(i=i))
+        shape = tuple(ckpt.shape(name))
+        if gtemplate in G.F32_TENSORS or len(shape) == 1:
+            t = "f32"
+        elif can_quantize(weight_type, shape[-1]):
+            t = weight_type
+        else:
+            t = "f16"
+            plan.notes.append(f"{gname}: row length {shape[-1]} is not a multiple of the {weight_type} block size; "
+                              "stored as f16")
+        plan.tensors.append(PlannedTensor(name, gname, shape, t))
+    return plan
+
+
+class _CheckpointTensor:
+    """A dense tensor written by GGUFWriter.write_tensor_data: read and quantized only when written."""
+
+    def __init__(self, ckpt: Checkpoint, t: PlannedTensor, bar: Progress):
+        self.ckpt, self.t, self.bar = ckpt, t, bar
+        self.nbytes = t.nbytes
+
+    def tofile(self, fout) -> None:
+        x = self.ckpt.get(self.t.ckpt_name).numpy()                       # f32, checkpoint shape
+        q = quantize(x.reshape(-1, self.t.shape[-1]), self.t.type_name)   # [rows, row_bytes]
+        if q.nbytes != self.nbytes:
+            raise ConvertError(f"{self.t.gguf_name}: quantized to {q.nbytes} bytes, expected {self.nbytes}")
+        fout.write(memoryview(q).cast("B"))
+        self.bar.update(self.nbytes)
+
+
+def add_metadata(w: gguf.GGUFWriter, ckpt: Checkpoint, tok: TokenizerMeta, name: str) -> None:
+    """Every key of DESIGN.md's metadata table."""
+    c = ckpt.config
+    w.add_string(G.KEY_NAME, name or "mole")
+    w.add_custom_alignment(G.ALIGNMENT)
+    w.add_uint32(G.KEY_VOCAB_SIZE, c.vocab_size)
+    w.add_uint32(G.KEY_CONTEXT_LENGTH, c.max_position_embeddings)
+    w.add_uint32(G.KEY_EMBEDDING_LENGTH, c.hidden_size)
+    w.add_uint32(G.KEY_BLOCK_COUNT, c.num_hidden_layers)
+    w.add_uint32(G.KEY_FEED_FORWARD_LENGTH, c.intermediate_size)
+    w.add_uint32(G.KEY_EXPERT_COUNT, c.num_experts)
+    w.add_uint32(G.KEY_EXPERT_FEED_FORWARD_LENGTH, c.n_ff_expert if c.num_experts else 0)
+    w.add_uint32(G.KEY_HEAD_COUNT, c.num_attention_heads)
+    w.add_uint32(G.KEY_HEAD_COUNT_KV, c.num_key_value_heads)
+    w.add_float32(G.KEY_RMS_EPS, float(c.rms_norm_eps))
+    w.add_float32(G.KEY_ROPE_FREQ_BASE, float(c.rope_theta))
+    if c.rope_scaling:
+        kind = c.rope_scaling.get("type", c.rope_scaling.get("rope_type"))
+        if kind != "linear":
+            raise ConvertError(f"rope_scaling type {kind!r} is not supported (only 'linear')")
+        w.add_string(G.KEY_ROPE_SCALING_TYPE, kind)
+        w.add_float32(G.KEY_ROPE_SCALING_FACTOR, float(c.rope_scaling["factor"]))
+    w.add_string(G.KEY_TOKENIZER_MODEL, tok.model)
+    w.add_string(G.KEY_TOKENIZER_PRE, tok.pre)
+    w.add_array(G.KEY_TOKENS, tok.tokens)
+    w.add_key_value(G.KEY_TOKEN_TYPE, list(tok.token_types), gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.INT32)
+    if tok.merges:
+        w.add_array(G.KEY_MERGES, tok.merges)
+    for key, v in ((G.KEY_BOS_ID, tok.bos_token_id), (G.KEY_EOS_ID, tok.eos_token_id),
+                   (G.KEY_PAD_ID, tok.padding_token_id)):
+        if v is not None:
+            w.add_uint32(key, v)
+    if tok.chat_template:
+        w.add_string(G.KEY_CHAT_TEMPLATE, tok.chat_template)
+
+
+def write_gguf(path, ckpt: Checkpoint, plan: TensorPlan, tok: TokenizerMeta, lut=None, *,
+               name: str = "", progress: bool = False) -> None:
+    """Write the whole file to path: header, metadata, tensor infos, dense tensors, then the LUT stream
+    (an object with nbytes and tofile(fout), e.g. reparam.LutStream) when the model has one."""
+    w = gguf.GGUFWriter(pathlib.Path(path), G.ARCH)
+    try:
+        add_metadata(w, ckpt, tok, name)
+        for t in plan.tensors:
+            w.add_tensor_info(t.gguf_name, t.shape, np.float32, t.nbytes, raw_dtype=ggml_type(t.type_name))
+        if lut is not None:
+            V, n = ckpt.config.vocab_size, lut.plan.row_len
+            w.add_tensor_info(G.TENSOR_LUT, (V, n), np.float32, lut.nbytes, raw_dtype=ggml_type(lut.plan.lut_type))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        with Progress(sum(t.nbytes for t in plan.tensors), "weights", "B", progress) as bar:
+            for t in plan.tensors:
+                w.write_tensor_data(_CheckpointTensor(ckpt, t, bar))
+        if lut is not None:
+            w.write_tensor_data(lut)
+        w.flush()
+    finally:
+        w.close()
