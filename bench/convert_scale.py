@@ -1,0 +1,183 @@
+"""Conversion at real scale: build a random-weight MoLE checkpoint shard by shard (never whole in memory),
+convert it to a GGUF with a q8_0 LUT in a child process, and report wall time, rows/s, peak RSS, file size.
+
+    PYTHONPATH=python:converter python bench/convert_scale.py --shape small          # quick check
+    PYTHONPATH=python:converter nice -n 10 python bench/convert_scale.py --shape 160m-16e --workdir /tmp
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "python"), str(REPO / "converter")]
+
+from mole_convert.config import MoleConfig  # noqa: E402
+from mole_convert.testing import make_tiny_tokenizer_json, neox_tokenizer_path, NEOX_VOCAB  # noqa: E402
+
+# The paper's 160M-16E: d=768, L=12, 12 heads, FFN 3072 for shared and experts, N=16, V=50304.
+SHAPES = {
+    "160m-16e": dict(vocab_size=50304, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                     num_attention_heads=12, num_key_value_heads=12, num_experts=16, max_position_embeddings=2048),
+    "small": dict(vocab_size=4096, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=4, num_experts=8, max_position_embeddings=512),
+}
+_DTYPES = {"bf16": torch.bfloat16, "f32": torch.float32, "f16": torch.float16}
+
+
+def _layer_tensors(cfg: MoleConfig, i: int) -> dict[str, tuple[int, ...]]:
+    d, D, De, hd = cfg.hidden_size, cfg.intermediate_size, cfg.n_ff_expert, cfg.head_dim
+    H, Hkv, N = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.num_experts
+    p = f"model.layers.{i}."
+    s = {p + "input_layernorm.weight": (d,), p + "self_attn.q_proj.weight": (H * hd, d),
+         p + "self_attn.k_proj.weight": (Hkv * hd, d), p + "self_attn.v_proj.weight": (Hkv * hd, d),
+         p + "self_attn.o_proj.weight": (d, H * hd), p + "post_attention_layernorm.weight": (d,),
+         p + "mlp.up_proj.weight": (D, d), p + "mlp.down_proj.weight": (d, D), p + "router.weight": (N, d),
+         p + "expert_layernorm.weight": (d,)}
+    for j in range(N):
+        s[p + f"experts.{j}.up_proj.weight"] = (De, d)
+        s[p + f"experts.{j}.down_proj.weight"] = (d, De)
+    return s
+
+
+def build_checkpoint(directory: pathlib.Path, cfg: MoleConfig, dtype: torch.dtype, seed: int = 0) -> int:
+    """Training-form checkpoint, one safetensors shard per layer (+ one for embeddings/head); returns bytes."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(shape):
+        if len(shape) == 1:
+            return (1.0 + 0.1 * torch.randn(shape, generator=gen)).to(dtype)
+        return (torch.randn(shape, generator=gen) / math.sqrt(shape[1])).to(dtype)
+
+    V, d = cfg.vocab_size, cfg.hidden_size
+    shards = [("model-embed.safetensors", {"model.embed_tokens.weight": (V, d), "model.norm.weight": (d,),
+                                           "lm_head.weight": (V, d)})]
+    shards += [(f"model-layer{i:03d}.safetensors", _layer_tensors(cfg, i)) for i in range(cfg.num_hidden_layers)]
+    weight_map, total = {}, 0
+    for fname, spec in shards:
+        tensors = {}
+        for n, shape in spec.items():
+            t = rand(shape)
+            if n == "model.embed_tokens.weight":
+                t = (t.float() * math.sqrt(d)).to(dtype)   # unit-scale embeddings, as trained models have
+            tensors[n] = t
+        save_file(tensors, str(directory / fname), metadata={"format": "pt"})
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+        weight_map.update({n: fname for n in tensors})
+        del tensors
+    (directory / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    hf = cfg.to_hf_dict()
+    hf["torch_dtype"] = str(dtype).removeprefix("torch.")
+    (directory / "config.json").write_text(json.dumps(hf, indent=2))
+    neox = neox_tokenizer_path()
+    if neox is not None and V >= NEOX_VOCAB:
+        shutil.copyfile(neox, directory / "tokenizer.json")
+    else:
+        (directory / "tokenizer.json").write_text(make_tiny_tokenizer_json(min(V, 384)))
+    return total
+
+
+def run_convert(ckpt: pathlib.Path, out: pathlib.Path, lut_type: str, threads: int | None,
+                memory_mb: int | None) -> dict:
+    """Convert in a child process; wall time and the child's peak RSS (ru_maxrss of wait4)."""
+    cmd = [sys.executable, "-m", "mole_convert.convert", str(ckpt), str(out), "--lut-type", lut_type]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    if memory_mb:
+        cmd += ["--memory-mb", str(memory_mb)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "python"), str(REPO / "converter"), env.get("PYTHONPATH", "")])
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env)
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"conversion failed with exit status {proc.returncode}: {' '.join(cmd)}")
+    return {"cmd": " ".join(cmd), "wall_s": wall, "peak_rss_bytes": ru.ru_maxrss * 1024,
+            "user_s": ru.ru_utime, "sys_s": ru.ru_stime}
+
+
+def verify(out: pathlib.Path, ckpt: pathlib.Path, ids: list[int]) -> float:
+    """Dequantized LUT rows of a few tokens vs the exact fp32 rows; returns max |error| / max |row|."""
+    import gguf
+    from mole_convert.checkpoint import load_checkpoint
+    from mole_convert.model import compute_lut_rows
+    from mole_convert.quantize import dequantize
+
+    ck = load_checkpoint(ckpt)
+    r = gguf.GGUFReader(out)
+    lut = next(t for t in r.tensors if t.name == "lut.weight")
+    if r.tensors[-1].name != "lut.weight":
+        raise SystemExit("lut.weight is not the last tensor")
+    n = int(lut.shape[0])
+    data = np.asarray(lut.data).view(np.uint8).reshape(int(lut.shape[1]), -1)
+    got = dequantize(data[ids], lut.tensor_type.name.lower(), n)
+    embed = ck.get("model.embed_tokens.weight")[ids]
+    cfg = ck.config
+    rows = []
+    for i in range(cfg.num_hidden_layers):   # one layer's experts at a time
+        p = f"model.layers.{i}."
+        one = {"expert_layernorm": ck.get(p + "expert_layernorm.weight"), "eps": cfg.rms_norm_eps,
+               "up": [ck.get(p + f"experts.{j}.up_proj.weight") for j in range(cfg.num_experts)],
+               "down": [ck.get(p + f"experts.{j}.down_proj.weight") for j in range(cfg.num_experts)]}
+        rows.append(compute_lut_rows(embed, [one]))
+    exact = torch.cat(rows, dim=1).numpy()
+    return float(np.abs(got - exact).max() / np.abs(exact).max())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", choices=SHAPES, default="small")
+    ap.add_argument("--workdir", default="/tmp", help="where the checkpoint and the GGUF go (default /tmp)")
+    ap.add_argument("--dtype", choices=_DTYPES, default="bf16", help="checkpoint dtype (default bf16)")
+    ap.add_argument("--lut-type", default="q8_0")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--memory-mb", type=int, default=None, help="converter working-set budget (default its own)")
+    ap.add_argument("--keep", action="store_true", help="keep the checkpoint and the GGUF afterwards")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    a = ap.parse_args(argv)
+
+    cfg = MoleConfig(**SHAPES[a.shape], rms_norm_eps=1e-5)
+    work = pathlib.Path(a.workdir) / f"mole-convert-scale-{a.shape}-{os.getpid()}"
+    ckpt, out = work / "ckpt", work / "model.gguf"
+    try:
+        t0 = time.perf_counter()
+        ckpt_bytes = build_checkpoint(ckpt, cfg, _DTYPES[a.dtype])
+        build_s = time.perf_counter() - t0
+        print(f"checkpoint: {ckpt_bytes / 2**30:.2f} GiB {a.dtype} in {build_s:.0f} s", file=sys.stderr)
+        res = run_convert(ckpt, out, a.lut_type, a.threads, a.memory_mb)
+        V = cfg.vocab_size
+        res.update(shape=a.shape, lut_type=a.lut_type, ckpt_dtype=a.dtype, ckpt_bytes=ckpt_bytes,
+                   gguf_bytes=out.stat().st_size, rows_per_s=V / res["wall_s"],
+                   lut_row_len=cfg.num_hidden_layers * cfg.num_experts * cfg.hidden_size,
+                   threads=a.threads or os.cpu_count(), cpu=platform.processor() or platform.machine(),
+                   rel_err=verify(out, ckpt, [0, 1, V // 2, V - 1]))
+    finally:
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(res, indent=1))
+    print(f"\n| {a.shape} | {a.lut_type} | {res['wall_s']:.0f} s | {res['rows_per_s']:.0f} | "
+          f"{res['peak_rss_bytes'] / 2**30:.2f} GiB | {res['gguf_bytes'] / 2**30:.2f} GiB | {res['rel_err']:.2e} |")
+    if a.json:
+        pathlib.Path(a.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
