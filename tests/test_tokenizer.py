@@ -1,0 +1,162 @@
+"""Tokenizer parity: the C++ tokenizer (runtime/src/tokenizer.cpp) must give exactly the ids of HF
+`tokenizers` for the GPT-NeoX-20B tokenizer (corpus + unicode stress set) and for a byte-level BPE
+trained here without normalizer. Dumps the vocab and HF's ids, then runs tests/c/test_tokenizer."""
+import json
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+tokenizers = pytest.importorskip("tokenizers")
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+if not DATA.exists():
+    DATA = Path("/work/shared/data")
+NEOX_JSON = DATA / "tokenizers" / "gpt-neox-20b-tokenizer.json"
+CORPUS = sorted((DATA / "corpus").glob("*.txt"))
+SOURCES = ["tests/c/test_tokenizer.cpp", "runtime/src/tokenizer.cpp", "runtime/src/unicode.cpp",
+           "runtime/src/unicode_tables.cpp", "runtime/src/error.cpp"]
+
+STRESS = [
+    "", " ", "  ", "a", "Hello, world!", "hello world", " leading space", "trailing space ",
+    # accents, composed and decomposed (NFC composes them), lone combining marks
+    "caf\u00e9 cafe\u0301 CAF\u00c9 CAFE\u0301", "\u0301\u0301 start with marks", "a\u0323\u0301 a\u0301\u0323",
+    "\u1e9b\u0323 \u212b \u2126 \u0958", "n\u0303o\u0308\u0304", "Ω≈ç√∫˜µ≤≥÷",
+    "\u1100\u1161\u11a8 \uac00\u11a8 한국어 텍스트", "ﬁ ﬂ ½ ² ① Ⅻ", "x\u0308\u0308\u0308",
+    # CJK, RTL, Indic, Thai
+    "中文测试，这是一个句子。日本語のテキスト、カタカナ。", "مرحبا بالعالم ١٢٣", "שלום עולם", "नमस्ते दुनिया",
+    "สวัสดีครับ", "Ελληνικά κείμενο", "Русский текст, ёлка",
+    # emoji: ZWJ sequences, skin tones, flags, keycaps, variation selectors
+    "👨‍👩‍👧‍👦 family", "👍🏽👍🏿 thumbs", "🇫🇷🇯🇵 flags", "1️⃣ #️⃣ keycaps", "❤️ ❤︎ heart", "🏳️‍🌈",
+    # whitespace runs of all lengths, tabs, newlines, NBSP and other Unicode spaces
+    *["a" + " " * n + "b" for n in range(1, 30)], *[" " * n for n in range(1, 30)],
+    "a\tb\t\tc\t\t\t\td", "line1\nline2\n\nline3\n\n\n\nend", "crlf\r\nline\r\n", "  \n  \n\t \t",
+    "nbsp\u00a0here\u00a0\u00a0twice", "ideographic\u3000space", "em\u2003space\u2009thin\u200aHair",
+    "line\u2028sep\u2029para", "nel\u0085x", "zwsp\u200bjoin\u200cnon\u200d", "bom\ufeffhere",
+    "\x1c\x1d\x1e\x1f separators", "\x00\x01\x07 control \x7f\x1b[0m",
+    # code and numbers
+    "def f(x):\n    return x**2  # square\n\n\tif a != b: pass",
+    "for (int i = 0; i < n; ++i) { sum += a[i]; }", "<html><body class=\"x\">&amp;</body></html>",
+    "3.14159 2,718 1e-10 0x1F 1234567890123 ١٢٣٤ ४२", "$100.00 €50 ¥1000 £3",
+    "I'm you're they've he'll she'd it's 'quoted' ''s 'S 'LL", "don't DON'T o'clock rock'n'roll",
+    "https://example.com/path?q=1&r=2#frag", "user@example.com", "!!!??? ... --- ***",
+    "<|endoftext|>", "a<|endoftext|>b", "<|endoftext|><|padding|>x", "<|endoftext", "<|endoftext|>   x",
+    "mixed 中文 and English with émojis 🎉 and numbers 42",
+]
+
+
+def write_dump(path, pre, tokens, types, merges, bos, eos, pad, cases):
+    def s(b):
+        return struct.pack("<I", len(b)) + b
+    out = [b"MOLETOK1", s(pre.encode()), struct.pack("<iii", bos, eos, pad), struct.pack("<I", len(tokens))]
+    for t, ty in zip(tokens, types):
+        out += [s(t.encode()), struct.pack("<i", ty)]
+    out.append(struct.pack("<I", len(merges)))
+    out += [s(m.encode()) for m in merges]
+    out.append(struct.pack("<I", len(cases)))
+    for add_bos, special, text, ids in cases:
+        out += [struct.pack("<II", add_bos, special), s(text.encode("utf-8", "surrogatepass")),
+                struct.pack(f"<I{len(ids)}i", len(ids), *ids)]
+    Path(path).write_bytes(b"".join(out))
+
+
+def vocab_from_json(tok_json: dict, n_vocab_padded: int | None = None):
+    """tokens/types/merges as the converter writes them (llama.cpp conventions)."""
+    vocab = dict(tok_json["model"]["vocab"])
+    types = {}
+    for a in tok_json["added_tokens"]:
+        vocab[a["content"]] = a["id"]
+        types[a["id"]] = 3 if a["special"] else 4
+    n = max(vocab.values()) + 1
+    tokens = [None] * max(n, n_vocab_padded or 0)
+    for t, i in vocab.items():
+        tokens[i] = t
+    ty = [types.get(i, 1) for i in range(len(tokens))]
+    for i in range(len(tokens)):
+        if tokens[i] is None:
+            tokens[i], ty[i] = f"<|pad_{i}|>", 5
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok_json["model"]["merges"]]
+    return tokens, ty, merges
+
+
+@pytest.fixture(scope="session")
+def tokenizer_bin(tmp_path_factory):
+    """The C++ test program, compiled from the tokenizer's own sources (independent of the rest of
+    the runtime's build state)."""
+    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    exe = tmp_path_factory.mktemp("tokbin") / "test_tokenizer"
+    cmd = [cxx, "-std=c++17", "-O2", "-I", str(ROOT / "runtime/include"), "-I", str(ROOT / "runtime/src"),
+           *[str(ROOT / f) for f in SOURCES], "-o", str(exe)]
+    subprocess.run(cmd, check=True)
+    return exe
+
+
+def run_bin(exe, *dumps):
+    r = subprocess.run([str(exe), *map(str, dumps)], capture_output=True)
+    out, err = r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
+    print(out, err)
+    assert r.returncode == 0, err[-4000:]
+    return out
+
+
+def test_unit(tokenizer_bin):
+    assert "unit tests: ok" in run_bin(tokenizer_bin)
+
+
+def neox_cases(tok):
+    cases = []
+    for text in STRESS:
+        cases.append((0, 1, text, tok.encode(text).ids))
+    tok.encode_special_tokens = True  # HF's equivalent of parse_special = 0
+    try:
+        for text in STRESS:
+            if "<|" in text:
+                cases.append((0, 0, text, tok.encode(text).ids))
+    finally:
+        tok.encode_special_tokens = False
+    return cases
+
+
+@pytest.mark.skipif(not NEOX_JSON.exists(), reason="GPT-NeoX tokenizer.json not available")
+def test_neox_stress(tokenizer_bin, tmp_path):
+    tok = tokenizers.Tokenizer.from_file(str(NEOX_JSON))
+    tokens, types, merges = vocab_from_json(json.loads(NEOX_JSON.read_text()), n_vocab_padded=50304)
+    cases = neox_cases(tok)
+    cases.append((1, 1, "with bos", [0] + tok.encode("with bos").ids))
+    write_dump(tmp_path / "neox_stress.bin", "gpt-neox", tokens, types, merges, 0, 0, 1, cases)
+    run_bin(tokenizer_bin, tmp_path / "neox_stress.bin")
+
+
+@pytest.mark.skipif(not NEOX_JSON.exists() or not CORPUS, reason="NeoX tokenizer or corpus not available")
+def test_neox_corpus(tokenizer_bin, tmp_path):
+    tok = tokenizers.Tokenizer.from_file(str(NEOX_JSON))
+    tokens, types, merges = vocab_from_json(json.loads(NEOX_JSON.read_text()), n_vocab_padded=50304)
+    cases = [(0, 1, p.read_text(encoding="utf-8"), None) for p in CORPUS]
+    cases = [(a, s, t, tok.encode(t).ids) for a, s, t, _ in cases]
+    write_dump(tmp_path / "neox_corpus.bin", "gpt-neox", tokens, types, merges, 0, 0, 1, cases)
+    out = run_bin(tokenizer_bin, tmp_path / "neox_corpus.bin")
+    assert "0 failed" in out
+
+
+def test_trained_bytelevel(tokenizer_bin, tmp_path):
+    """A tokenizer trained by `tokenizers` with a plain ByteLevel pre-tokenizer and no normalizer:
+    NFC must not be applied (decomposed accents stay decomposed)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1200, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    train_text = [t for t in STRESS if t] + ([CORPUS[0].read_text(encoding="utf-8")[:300_000]] if CORPUS else [])
+    tok.train_from_iterator(train_text, trainer=trainer)
+    tokens, types, merges = vocab_from_json(json.loads(tok.to_str()))
+    texts = STRESS + ([p.read_text(encoding="utf-8")[:200_000] for p in CORPUS])
+    cases = [(0, 1, t, tok.encode(t).ids) for t in texts]
+    write_dump(tmp_path / "trained.bin", "default", tokens, types, merges, -1, 0, -1, cases)
+    run_bin(tokenizer_bin, tmp_path / "trained.bin")
