@@ -1,0 +1,104 @@
+// Context setup and mole_decode: argument checks, CONTEXT_FULL before any change, n_batch chunks,
+// per-chunk plan + forward step, sequence lengths committed only after a chunk completes.
+#include "context.h"
+
+#include <chrono>
+#include <cinttypes>
+#include <new>
+
+#include "mmap.h"
+
+namespace mole {
+
+namespace {
+double now_ms() {
+    using namespace std::chrono;
+    return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+Status Context::init(const Model &m, const ContextParams &p_in) {
+    model = &m;
+    ContextParams p = p_in;
+    if (p.n_ctx < 0) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "n_ctx must be >= 1 (0: the model's %d), got %d", m.hp.n_ctx_train, p.n_ctx);
+    if (p.n_ctx == 0) p.n_ctx = m.hp.n_ctx_train;
+    if (p.n_seq_max < 1) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "n_seq_max must be >= 1, got %d", p.n_seq_max);
+    if (p.n_threads < 0) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "n_threads must be >= 0 (0: one per core), got %d", p.n_threads);
+    if (p.n_threads == 0) p.n_threads = physical_core_count();
+    if (p.n_batch < 1) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "n_batch must be >= 1, got %d", p.n_batch);
+    if (p.lut_cache_mb < -1) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "lut_cache_mb must be >= 0 (-1: default), got %" PRId64, p.lut_cache_mb);
+    if (p.lut_cache_mb == -1) p.lut_cache_mb = 64;
+    if (p.lut_cache_mb > (int64_t(1) << 30)) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "lut_cache_mb %" PRId64 " is too large", p.lut_cache_mb);
+    params = p;
+    pool = std::make_unique<cpu::ThreadPool>(p.n_threads);
+    if (Status s = kv.init(m, p.n_ctx, p.n_seq_max)) return s;
+    if (Status s = scratch.init(m, p.n_batch, p.n_seq_max)) return s;
+    if (Status s = lut.init(m, static_cast<uint64_t>(p.lut_cache_mb) << 20)) return s;
+    seq_len.assign(static_cast<size_t>(p.n_seq_max), 0);
+    chunk_count.assign(static_cast<size_t>(p.n_seq_max), 0);
+    return MOLE_STATUS_OK;
+}
+
+Status Context::decode(int32_t n_tokens, const int32_t *tokens, const int32_t *seq_ids, const int8_t *want_logits,
+                       float *logits, size_t capacity) {
+    const Hparams &hp = model->hp;
+    if (n_tokens < 0) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "n_tokens must be >= 0, got %d", n_tokens);
+    if (n_tokens == 0) return MOLE_STATUS_OK;
+    if (!tokens) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "tokens is NULL");
+    std::fill(chunk_count.begin(), chunk_count.end(), 0);
+    size_t n_want = 0;
+    for (int32_t i = 0; i < n_tokens; ++i) {
+        if (tokens[i] < 0 || tokens[i] >= hp.n_vocab)
+            return set_error(MOLE_STATUS_INVALID_ARGUMENT, "token id %d at entry %d is out of range [0, %d)", tokens[i], i, hp.n_vocab);
+        const int32_t sq = seq_ids ? seq_ids[i] : 0;
+        if (sq < 0 || sq >= params.n_seq_max)
+            return set_error(MOLE_STATUS_INVALID_ARGUMENT, "seq id %d at entry %d is out of range [0, %d)", sq, i, params.n_seq_max);
+        chunk_count[sq]++;
+        if (!want_logits || want_logits[i]) n_want++;
+    }
+    for (int32_t sq = 0; sq < params.n_seq_max; ++sq)
+        if (int64_t(seq_len[sq]) + chunk_count[sq] > params.n_ctx)
+            return set_error(MOLE_STATUS_CONTEXT_FULL, "sequence %d holds %d tokens; %d more do not fit in n_ctx = %d",
+                             sq, seq_len[sq], chunk_count[sq], params.n_ctx);
+    if (n_want > 0 && !logits) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "logits is NULL but %zu entries want logits", n_want);
+    if (n_want > 0 && capacity / static_cast<size_t>(hp.n_vocab) < n_want)
+        return set_error(MOLE_STATUS_BUFFER_TOO_SMALL, "logits buffer holds %zu floats; %zu entries x %d vocab need %zu",
+                         capacity, n_want, hp.n_vocab, n_want * static_cast<size_t>(hp.n_vocab));
+
+    const double t0 = now_ms();
+    StepTimes times;
+    Status status = MOLE_STATUS_OK;
+    size_t logits_done = 0;
+    for (int32_t start = 0; start < n_tokens; start += params.n_batch) {
+        const int32_t n = std::min(params.n_batch, n_tokens - start);
+        if (cancel.load()) {
+            status = set_error(MOLE_STATUS_CANCELLED, "decode cancelled after %d of %d tokens", start, n_tokens);
+            break;
+        }
+        plan_step(scratch, n, tokens + start, seq_ids ? seq_ids + start : nullptr,
+                  want_logits ? want_logits + start : nullptr, seq_len.data(), params.n_seq_max);
+        float *out = scratch.plan.n_out > 0 ? logits + logits_done * hp.n_vocab : nullptr;
+        status = forward_step(*model, scratch, kv, lut, pool.get(), cancel, out, &times);
+        if (status != MOLE_STATUS_OK) break;
+        // Commit: the chunk's tokens now belong to their sequences.
+        const StepPlan &p = scratch.plan;
+        for (int32_t g = 0; g < p.n_groups; ++g) seq_len[p.group_seq[g]] += p.group_len[g];
+        logits_done += static_cast<size_t>(p.n_out);
+        stats.tokens_evaluated += static_cast<uint64_t>(n);
+        stats.steps++;
+    }
+    stats.t_eval_ms += now_ms() - t0;
+    stats.t_lut_ms += times.lut_ms;
+    cancel.store(false);
+    return status;
+}
+
+Status Context::truncate(int32_t seq_id, int32_t n_keep) {
+    if (seq_id < 0 || seq_id >= params.n_seq_max)
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "seq id %d is out of range [0, %d)", seq_id, params.n_seq_max);
+    if (n_keep < 0) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "n_keep must be >= 0, got %d", n_keep);
+    if (n_keep < seq_len[seq_id]) seq_len[seq_id] = n_keep;
+    return MOLE_STATUS_OK;
+}
+
+}  // namespace mole

@@ -1,0 +1,149 @@
+// Read-only file mapping (POSIX mmap) plus madvise/mincore hints and core counting.
+// This is the only file of the runtime with platform #ifdefs.
+#include "mmap.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <fcntl.h>
+#if defined(__linux__)
+#include <sched.h>
+#endif
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#define MOLE_POSIX 1
+#else
+#error "mole.cpp needs a POSIX system (mmap); port mmap.cpp to add another"
+#endif
+
+namespace mole {
+
+uint64_t page_size() {
+    static const uint64_t size = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    return size;
+}
+
+Status MappedFile::open(const std::string &path, std::unique_ptr<MappedFile> *out) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int err = errno;
+        if (err == ENOENT || err == ENOTDIR)
+            return set_error(MOLE_STATUS_FILE_NOT_FOUND, "%s: no such file", path.c_str());
+        return set_error(MOLE_STATUS_IO_ERROR, "%s: cannot open: %s", path.c_str(), std::strerror(err));
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int err = errno;
+        ::close(fd);
+        return set_error(MOLE_STATUS_IO_ERROR, "%s: cannot stat: %s", path.c_str(), std::strerror(err));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        ::close(fd);
+        return set_error(MOLE_STATUS_IO_ERROR, "%s: not a regular file", path.c_str());
+    }
+    if (st.st_size == 0) {
+        ::close(fd);
+        return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: the file is empty, not a GGUF file", path.c_str());
+    }
+    void *p = mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        int err = errno;
+        ::close(fd);
+        return set_error(err == ENOMEM ? MOLE_STATUS_OUT_OF_MEMORY : MOLE_STATUS_IO_ERROR, "%s: mmap failed: %s",
+                         path.c_str(), std::strerror(err));
+    }
+    std::unique_ptr<MappedFile> f(new MappedFile());
+    f->path_ = path;
+    f->data_ = static_cast<const uint8_t *>(p);
+    f->size_ = static_cast<uint64_t>(st.st_size);
+    f->fd_ = fd;
+    *out = std::move(f);
+    return MOLE_STATUS_OK;
+}
+
+MappedFile::~MappedFile() {
+    if (data_) munmap(const_cast<uint8_t *>(data_), static_cast<size_t>(size_));
+    if (fd_ >= 0) ::close(fd_);
+}
+
+namespace {
+// [offset, offset+len) clipped to the file and widened to pages; false if empty.
+bool page_range(uint64_t file_size, uint64_t offset, uint64_t len, uint64_t *start, uint64_t *end) {
+    if (offset >= file_size || len == 0) return false;
+    uint64_t e = len > file_size - offset ? file_size : offset + len;
+    uint64_t ps = page_size();
+    *start = offset / ps * ps;
+    *end = (e + ps - 1) / ps * ps;
+    return true;
+}
+}  // namespace
+
+void MappedFile::advise_willneed(uint64_t offset, uint64_t len) const {
+    uint64_t s, e;
+    if (page_range(size_, offset, len, &s, &e))
+        madvise(const_cast<uint8_t *>(data_) + s, static_cast<size_t>(e - s), MADV_WILLNEED);
+}
+
+void MappedFile::advise_random(uint64_t offset, uint64_t len) const {
+    uint64_t s, e;
+    if (page_range(size_, offset, len, &s, &e))
+        madvise(const_cast<uint8_t *>(data_) + s, static_cast<size_t>(e - s), MADV_RANDOM);
+}
+
+int64_t MappedFile::resident_pages(uint64_t offset, uint64_t len, int64_t *n_pages) const {
+    uint64_t s, e;
+    if (!page_range(size_, offset, len, &s, &e)) {
+        if (n_pages) *n_pages = 0;
+        return 0;
+    }
+    uint64_t n = (e - s) / page_size();
+    if (n_pages) *n_pages = static_cast<int64_t>(n);
+#if defined(__linux__) || defined(__APPLE__)
+    std::vector<unsigned char> vec(static_cast<size_t>(n));
+#if defined(__APPLE__)
+    if (mincore(const_cast<uint8_t *>(data_) + s, static_cast<size_t>(e - s), reinterpret_cast<char *>(vec.data())) != 0)
+        return -1;
+#else
+    if (mincore(const_cast<uint8_t *>(data_) + s, static_cast<size_t>(e - s), vec.data()) != 0) return -1;
+#endif
+    int64_t resident = 0;
+    for (unsigned char c : vec) resident += c & 1;
+    return resident;
+#else
+    return -1;
+#endif
+}
+
+int physical_core_count() {
+    int logical = static_cast<int>(std::thread::hardware_concurrency());
+#if defined(__linux__)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) logical = CPU_COUNT(&set);
+
+    // Distinct (physical id, core id) pairs of /proc/cpuinfo.
+    std::ifstream in("/proc/cpuinfo");
+    std::set<std::pair<std::string, std::string>> cores;
+    std::string line, phys = "0";
+    while (std::getline(in, line)) {
+        auto colon = line.find(':');
+        if (colon == std::string::npos) continue;
+        std::string key = line.substr(0, line.find_last_not_of(" \t", colon - 1) + 1);
+        std::string value = colon + 2 <= line.size() ? line.substr(colon + 2) : "";
+        if (key == "physical id") phys = value;
+        else if (key == "core id") cores.insert({phys, value});
+    }
+    if (!cores.empty() && logical > 0)
+        return std::min(static_cast<int>(cores.size()), logical);
+#endif
+    return logical > 0 ? logical : 1;
+}
+
+}  // namespace mole

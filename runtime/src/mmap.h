@@ -1,0 +1,46 @@
+// Read-only file mapping and the few OS calls around it (madvise, mincore, core count).
+// Every platform #ifdef of the runtime lives in mmap.cpp.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "error.h"
+
+namespace mole {
+
+class MappedFile {
+public:
+    // Maps the whole file read-only. Missing file -> MOLE_STATUS_FILE_NOT_FOUND; an empty file ->
+    // MOLE_STATUS_FORMAT_ERROR; other failures -> MOLE_STATUS_IO_ERROR (message names the path).
+    static Status open(const std::string &path, std::unique_ptr<MappedFile> *out);
+    ~MappedFile();
+    MappedFile(const MappedFile &) = delete;
+    MappedFile &operator=(const MappedFile &) = delete;
+
+    const uint8_t *data() const { return data_; }
+    uint64_t size() const { return size_; }
+    const std::string &path() const { return path_; }
+
+    // Hints for byte range [offset, offset + len) of the file; ranges are widened to whole pages.
+    void advise_willneed(uint64_t offset, uint64_t len) const;   // start reading it in now
+    void advise_random(uint64_t offset, uint64_t len) const;     // no readahead around faults
+    // Pages of [offset, offset + len) resident in memory now, and the page count of the range
+    // (-1 if the platform cannot tell).
+    int64_t resident_pages(uint64_t offset, uint64_t len, int64_t *n_pages) const;
+
+private:
+    MappedFile() = default;
+    std::string path_;
+    const uint8_t *data_ = nullptr;
+    uint64_t size_ = 0;
+    int fd_ = -1;
+};
+
+// Bytes of one virtual memory page.
+uint64_t page_size();
+// Physical CPU cores (falls back to logical ones), at least 1.
+int physical_core_count();
+
+}  // namespace mole
