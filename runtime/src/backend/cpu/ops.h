@@ -20,7 +20,7 @@ int64_t row_bytes(Type type, int64_t n);
 const char *type_name(Type type);
 
 struct Features { bool avx2 = false, fma = false, f16c = false, avx512f = false, avx512bw = false,
-                  avx512vnni = false, avx512bf16 = false; };
+                  avx512vnni = false, avx512bf16 = false, avx512vl = false, avx512dq = false; };
 const Features &cpu_features();   // detected once (cpuid + xgetbv), thread-safe
 
 // dst[0..n) = dequantized row; n a multiple of the block size.

@@ -1,0 +1,47 @@
+// Internal CPU kernel table: instruction-set levels, the run-time choice between them, and the
+// per-ISA matmul tile / vector helpers (defined in ops.cpp, matmul_avx2.cpp, matmul_avx512.cpp).
+#pragma once
+
+#include <cstdint>
+
+#include "backend/cpu/ops.h"
+#include "backend/cpu/quant.h"
+
+namespace mole::cpu {
+
+enum class Isa : int { Portable = 0, Avx2 = 1, Avx512 = 2 };
+
+// Highest level this CPU and OS support (AVX2 = avx2+fma+f16c; AVX512 = f+bw+vl+dq+vnni).
+Isa best_isa();
+// Level the kernels use now: best_isa(), lowered by MOLE_CPU_ISA=portable|avx2|avx512 (read once)
+// or by set_isa(). A request above best_isa() is clamped to it.
+Isa active_isa();
+// Forces a level (tests, benchmarks); returns the level actually set (clamped to best_isa()).
+Isa set_isa(Isa isa);
+const char *isa_name(Isa isa);
+
+// One matmul: Y[S, n] = X[S, k] W^T. X is f32 for F32/F16/BF16, xq (q8 rows) for Q8_0/Q4_0.
+struct MatmulArgs {
+    Type type;
+    const uint8_t *W;   // n rows of wrow bytes
+    int64_t n, k, wrow;
+    const float *X;     // [S, k]
+    Q8Rows xq;          // [S, k] quantized, when type is Q8_0 or Q4_0
+    float *Y;           // [S, n]
+};
+
+// Computes Y[s, r] for r in [r0, r1), s in [s0, s1).
+void matmul_tile_portable(const MatmulArgs &a, int64_t r0, int64_t r1, int64_t s0, int64_t s1);
+void matmul_tile_avx2(const MatmulArgs &a, int64_t r0, int64_t r1, int64_t s0, int64_t s1);
+void matmul_tile_avx512(const MatmulArgs &a, int64_t r0, int64_t r1, int64_t s0, int64_t s1);
+
+// Quantizes rows [s0, s1) of X[., k] into out; all three give bit-identical results.
+void quantize_rows_q8_portable(const float *X, int64_t s0, int64_t s1, const Q8Rows &out);
+void quantize_rows_q8_avx2(const float *X, int64_t s0, int64_t s1, const Q8Rows &out);
+void quantize_rows_q8_avx512(const float *X, int64_t s0, int64_t s1, const Q8Rows &out);
+
+// Vector helpers for attention: dot(a, b) over n; y += alpha * x over n.
+float dot_f32_avx2(const float *a, const float *b, int64_t n);
+void axpy_f32_avx2(float alpha, const float *x, float *y, int64_t n);
+
+}  // namespace mole::cpu

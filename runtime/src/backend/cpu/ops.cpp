@@ -1,0 +1,353 @@
+// CPU ops: portable reference code for every op and the run-time dispatch to the AVX2 / AVX-512
+// kernels. matmul quantizes activations once, then splits tiles of (W rows x X rows) over the pool.
+#include "backend/cpu/ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "backend/cpu/kernels.h"
+
+namespace mole::cpu {
+
+// ---------------------------------------------------------------------------------------------
+// Types
+
+bool type_traits(uint32_t type, int64_t *block_elems, int64_t *block_bytes) {
+    int64_t e = 0, b = 0;
+    switch (type) {
+    case uint32_t(Type::F32): e = 1; b = 4; break;
+    case uint32_t(Type::F16): e = 1; b = 2; break;
+    case uint32_t(Type::BF16): e = 1; b = 2; break;
+    case uint32_t(Type::Q8_0): e = QK; b = sizeof(BlockQ8_0); break;
+    case uint32_t(Type::Q4_0): e = QK; b = sizeof(BlockQ4_0); break;
+    default: return false;
+    }
+    if (block_elems) *block_elems = e;
+    if (block_bytes) *block_bytes = b;
+    return true;
+}
+
+int64_t row_bytes(Type type, int64_t n) {
+    int64_t e = 1, b = 0;
+    if (!type_traits(uint32_t(type), &e, &b)) return 0;
+    return n / e * b;
+}
+
+const char *type_name(Type type) {
+    switch (type) {
+    case Type::F32: return "f32";
+    case Type::F16: return "f16";
+    case Type::BF16: return "bf16";
+    case Type::Q8_0: return "q8_0";
+    case Type::Q4_0: return "q4_0";
+    }
+    return "unknown";
+}
+
+void dequantize_row(Type type, const void *src, float *dst, int64_t n) {
+    switch (type) {
+    case Type::F32:
+        std::copy_n(static_cast<const float *>(src), n, dst);
+        break;
+    case Type::F16: {
+        const uint16_t *h = static_cast<const uint16_t *>(src);
+        for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(h[i]);
+        break;
+    }
+    case Type::BF16: {
+        const uint16_t *h = static_cast<const uint16_t *>(src);
+        for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(h[i]);
+        break;
+    }
+    case Type::Q8_0: {
+        const BlockQ8_0 *b = static_cast<const BlockQ8_0 *>(src);
+        for (int64_t j = 0; j < n / QK; ++j) {
+            const float d = f16_to_f32(b[j].d);
+            for (int i = 0; i < QK; ++i) dst[j * QK + i] = float(b[j].qs[i]) * d;
+        }
+        break;
+    }
+    case Type::Q4_0: {
+        const BlockQ4_0 *b = static_cast<const BlockQ4_0 *>(src);
+        for (int64_t j = 0; j < n / QK; ++j) {
+            const float d = f16_to_f32(b[j].d);
+            for (int i = 0; i < QK / 2; ++i) {
+                dst[j * QK + i] = float(int(b[j].qs[i] & 0x0f) - 8) * d;
+                dst[j * QK + i + QK / 2] = float(int(b[j].qs[i] >> 4) - 8) * d;
+            }
+        }
+        break;
+    }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// matmul
+
+void matmul_tile_portable(const MatmulArgs &a, int64_t r0, int64_t r1, int64_t s0, int64_t s1) {
+    const int64_t k = a.k, nb = k / QK;
+    for (int64_t r = r0; r < r1; ++r) {
+        const uint8_t *w = a.W + r * a.wrow;
+        for (int64_t s = s0; s < s1; ++s) {
+            float acc = 0.0f;
+            switch (a.type) {
+            case Type::F32: {
+                const float *wf = reinterpret_cast<const float *>(w), *x = a.X + s * k;
+                for (int64_t i = 0; i < k; ++i) acc += wf[i] * x[i];
+                break;
+            }
+            case Type::F16:
+            case Type::BF16: {
+                const uint16_t *wh = reinterpret_cast<const uint16_t *>(w);
+                const float *x = a.X + s * k;
+                const bool f16 = a.type == Type::F16;
+                for (int64_t i = 0; i < k; ++i) acc += (f16 ? f16_to_f32(wh[i]) : bf16_to_f32(wh[i])) * x[i];
+                break;
+            }
+            case Type::Q8_0: {
+                const BlockQ8_0 *wb = reinterpret_cast<const BlockQ8_0 *>(w);
+                const int8_t *xq = a.xq.q + s * k;
+                const float *xd = a.xq.d + s * nb;
+                for (int64_t b = 0; b < nb; ++b) {
+                    int32_t dot = 0;
+                    for (int i = 0; i < QK; ++i) dot += int32_t(wb[b].qs[i]) * xq[b * QK + i];
+                    acc += float(dot) * (f16_to_f32(wb[b].d) * xd[b]);
+                }
+                break;
+            }
+            case Type::Q4_0: {
+                const BlockQ4_0 *wb = reinterpret_cast<const BlockQ4_0 *>(w);
+                const int8_t *xq = a.xq.q + s * k;
+                const float *xd = a.xq.d + s * nb;
+                const int32_t *xs = a.xq.sum + s * nb;
+                for (int64_t b = 0; b < nb; ++b) {
+                    int32_t dot = 0;
+                    for (int i = 0; i < QK / 2; ++i)
+                        dot += int32_t(wb[b].qs[i] & 0x0f) * xq[b * QK + i] +
+                               int32_t(wb[b].qs[i] >> 4) * xq[b * QK + i + QK / 2];
+                    dot -= 8 * xs[b];
+                    acc += float(dot) * (f16_to_f32(wb[b].d) * xd[b]);
+                }
+                break;
+            }
+            }
+            a.Y[s * a.n + r] = acc;
+        }
+    }
+}
+
+namespace {
+
+// Scratch for quantized activations; grows to the largest S*k seen by this thread, then stays.
+struct Q8Scratch {
+    std::vector<int8_t> q;
+    std::vector<float> d;
+    std::vector<int32_t> sum;
+    Q8Rows rows(int64_t S, int64_t k) {
+        const size_t nq = size_t(S * k), nb = size_t(S * (k / QK));
+        if (q.size() < nq) q.resize(nq);
+        if (d.size() < nb) { d.resize(nb); sum.resize(nb); }
+        return Q8Rows{q.data(), d.data(), sum.data(), k};
+    }
+};
+
+constexpr int64_t kRowAlign = 16;   // row chunks are multiples of 16 rows (whole SIMD tiles)
+constexpr int64_t kSChunk = 64;     // X rows per task when S is large
+
+}  // namespace
+
+void matmul(Type type, const void *W, int64_t n, int64_t k, const float *X, int64_t S, float *Y,
+            ThreadPool *pool) {
+    if (n <= 0 || S <= 0) return;
+    const Isa isa = active_isa();
+    MatmulArgs a{type, static_cast<const uint8_t *>(W), n, k, row_bytes(type, k), X, Q8Rows{}, Y};
+    const int nt = pool ? pool->size() : 1;
+
+    if (type == Type::Q8_0 || type == Type::Q4_0) {
+        static thread_local Q8Scratch scratch;
+        a.xq = scratch.rows(S, k);
+        auto quant = isa == Isa::Avx512 ? quantize_rows_q8_avx512
+                   : isa == Isa::Avx2   ? quantize_rows_q8_avx2
+                                        : quantize_rows_q8_portable;
+        if (nt > 1 && S >= 4) {
+            const int64_t per = (S + nt - 1) / nt;
+            pool->parallel_for(nt, [&](int64_t t, int) {
+                const int64_t s0 = t * per, s1 = std::min(S, s0 + per);
+                if (s0 < s1) quant(X, s0, s1, a.xq);
+            });
+        } else {
+            quant(X, 0, S, a.xq);
+        }
+    }
+
+    auto tile = isa == Isa::Avx512 ? matmul_tile_avx512
+              : isa == Isa::Avx2   ? matmul_tile_avx2
+                                   : matmul_tile_portable;
+
+    // Split: S in chunks of kSChunk rows; n in chunks of whole tiles, enough chunks per thread
+    // that dynamic scheduling balances, but each at least ~16 KB of weights.
+    const int64_t s_chunks = (S + kSChunk - 1) / kSChunk;
+    int64_t want = nt == 1 ? 1 : std::max<int64_t>(1, (int64_t(nt) * 8 + s_chunks - 1) / s_chunks);
+    int64_t r_chunk = (n + want - 1) / want;
+    const int64_t min_rows = std::max<int64_t>(kRowAlign, (16384 / std::max<int64_t>(a.wrow, 1)) / kRowAlign * kRowAlign);
+    if (S > kSChunk) r_chunk = std::min<int64_t>(r_chunk, 128);
+    r_chunk = std::max(r_chunk, std::min(min_rows, n));
+    r_chunk = (r_chunk + kRowAlign - 1) / kRowAlign * kRowAlign;
+    const int64_t r_chunks = (n + r_chunk - 1) / r_chunk;
+    const int64_t n_tasks = r_chunks * s_chunks;
+
+    auto run = [&](int64_t t, int) {
+        const int64_t rc = t % r_chunks, sc = t / r_chunks;
+        const int64_t r0 = rc * r_chunk, r1 = std::min(n, r0 + r_chunk);
+        const int64_t s0 = sc * kSChunk, s1 = std::min(S, s0 + kSChunk);
+        tile(a, r0, r1, s0, s1);
+    };
+    if (pool && nt > 1 && n_tasks > 1) {
+        pool->parallel_for(n_tasks, run);
+    } else {
+        for (int64_t t = 0; t < n_tasks; ++t) run(t, 0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Element-wise and normalization ops
+
+void rmsnorm(const float *x, const float *w, int64_t S, int64_t d, float eps, float *out) {
+    for (int64_t s = 0; s < S; ++s) {
+        const float *xs = x + s * d;
+        float *o = out + s * d;
+        double ss = 0.0;
+        for (int64_t i = 0; i < d; ++i) ss += double(xs[i]) * xs[i];
+        const float r = float(1.0 / std::sqrt(ss / double(d) + double(eps)));
+        for (int64_t i = 0; i < d; ++i) o[i] = w[i] * (xs[i] * r);
+    }
+}
+
+void rope(float *x, int64_t S, int64_t n_head, int64_t head_dim, const int32_t *pos, float theta,
+          float freq_scale) {
+    const int64_t half = head_dim / 2;
+    static thread_local std::vector<float> cs;   // [half] cos, then [half] sin, of one position
+    if (int64_t(cs.size()) < 2 * half) cs.resize(size_t(2 * half));
+    for (int64_t s = 0; s < S; ++s) {
+        for (int64_t i = 0; i < half; ++i) {
+            const double ang = double(pos[s]) * double(freq_scale) *
+                               std::pow(double(theta), -2.0 * double(i) / double(head_dim));
+            cs[size_t(i)] = float(std::cos(ang));
+            cs[size_t(half + i)] = float(std::sin(ang));
+        }
+        for (int64_t h = 0; h < n_head; ++h) {
+            float *v = x + (s * n_head + h) * head_dim;
+            for (int64_t i = 0; i < half; ++i) {
+                const float c = cs[size_t(i)], sn = cs[size_t(half + i)];
+                const float a = v[i], b = v[i + half];
+                v[i] = a * c - b * sn;
+                v[i + half] = a * sn + b * c;
+            }
+        }
+    }
+}
+
+void gelu(float *x, int64_t n) {
+    // 0.5 x (1 + erf(x / sqrt 2)) written with erfc so large negative x keeps full relative
+    // precision. erfc(z) amplifies the relative rounding of its argument by 2 z^2, so below
+    // x = -4 the argument is formed in double (relative error stays ~1e-7 everywhere).
+    for (int64_t i = 0; i < n; ++i) {
+        const float v = x[i];
+        x[i] = v >= -4.0f ? 0.5f * v * std::erfc(-v * 0.70710678118654752f)
+                          : float(0.5 * double(v) * std::erfc(-double(v) * 0.70710678118654752440));
+    }
+}
+
+void softmax(float *x, int64_t S, int64_t n) {
+    for (int64_t s = 0; s < S; ++s) {
+        float *r = x + s * n;
+        float mx = -INFINITY;
+        for (int64_t i = 0; i < n; ++i) mx = std::max(mx, r[i]);
+        double sum = 0.0;
+        for (int64_t i = 0; i < n; ++i) {
+            r[i] = std::exp(r[i] - mx);
+            sum += r[i];
+        }
+        const float inv = float(1.0 / sum);
+        for (int64_t i = 0; i < n; ++i) r[i] *= inv;
+    }
+}
+
+void lut_mix(const float *g, const float *rows, int64_t N, int64_t d, float *out) {
+    for (int64_t j = 0; j < N; ++j) {
+        const float gj = g[j];
+        const float *r = rows + j * d;
+        for (int64_t i = 0; i < d; ++i) out[i] += gj * r[i];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+
+namespace {
+
+float dot_portable(const float *a, const float *b, int64_t n) {
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += a[i] * b[i];
+        s1 += a[i + 1] * b[i + 1];
+        s2 += a[i + 2] * b[i + 2];
+        s3 += a[i + 3] * b[i + 3];
+    }
+    for (; i < n; ++i) s0 += a[i] * b[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+void axpy_portable(float alpha, const float *x, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
+}  // namespace
+
+void attention(const float *q, const float *k, const float *v, int64_t kv_stride, float *out, int64_t S,
+               int64_t pos0, int64_t n_head, int64_t n_head_kv, int64_t hd, ThreadPool *pool) {
+    if (S <= 0 || n_head <= 0 || n_head_kv <= 0) return;
+    const bool simd = active_isa() != Isa::Portable;
+    auto dot = simd ? dot_f32_avx2 : dot_portable;
+    auto axpy = simd ? axpy_f32_avx2 : axpy_portable;
+    const int64_t group = n_head / n_head_kv;
+    const float scale = float(1.0 / std::sqrt(double(hd)));
+    constexpr int64_t kQChunk = 16;   // queries per task
+    const int64_t q_chunks = (S + kQChunk - 1) / kQChunk;
+
+    auto run = [&](int64_t task, int) {
+        const int64_t h = task % n_head, qc = q_chunks - 1 - task / n_head;   // longest rows first
+        const int64_t kvh = h / group;
+        static thread_local std::vector<float> scores;   // [T]
+        const int64_t T = pos0 + S;
+        if (int64_t(scores.size()) < T) scores.resize(size_t(T));
+        for (int64_t s = qc * kQChunk; s < std::min(S, (qc + 1) * kQChunk); ++s) {
+            const float *qv = q + (s * n_head + h) * hd;
+            const int64_t n_keys = pos0 + s + 1;
+            float mx = -INFINITY;
+            for (int64_t t = 0; t < n_keys; ++t) {
+                const float sc = dot(qv, k + t * kv_stride + kvh * hd, hd) * scale;
+                scores[size_t(t)] = sc;
+                mx = std::max(mx, sc);
+            }
+            double sum = 0.0;
+            for (int64_t t = 0; t < n_keys; ++t) {
+                const float p = std::exp(scores[size_t(t)] - mx);
+                scores[size_t(t)] = p;
+                sum += p;
+            }
+            float *o = out + (s * n_head + h) * hd;
+            std::fill_n(o, hd, 0.0f);
+            for (int64_t t = 0; t < n_keys; ++t) axpy(scores[size_t(t)], v + t * kv_stride + kvh * hd, o, hd);
+            const float inv = float(1.0 / sum);
+            for (int64_t i = 0; i < hd; ++i) o[i] *= inv;
+        }
+    };
+    const int64_t n_tasks = n_head * q_chunks;
+    if (pool && pool->size() > 1) pool->parallel_for(n_tasks, run);
+    else for (int64_t t = 0; t < n_tasks; ++t) run(t, 0);
+}
+
+}  // namespace mole::cpu

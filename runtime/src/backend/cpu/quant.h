@@ -1,0 +1,87 @@
+// Block layouts of the quantized types (ggml), scalar f16/bf16 conversion, and the q8 activation
+// format the quantized matmuls use (per row: int8 q[k], float d[k/32], int32 sum[k/32]).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+namespace mole::cpu {
+
+constexpr int QK = 32;  // elements per Q8_0 / Q4_0 block
+
+#pragma pack(push, 1)
+struct BlockQ8_0 { uint16_t d; int8_t qs[QK]; };        // 34 bytes: f16 scale, value = q * d
+struct BlockQ4_0 { uint16_t d; uint8_t qs[QK / 2]; };   // 18 bytes: value = (nibble - 8) * d;
+#pragma pack(pop)                                       // low nibbles = elements 0..15, high 16..31
+static_assert(sizeof(BlockQ8_0) == 34, "q8_0 block");
+static_assert(sizeof(BlockQ4_0) == 18, "q4_0 block");
+
+// IEEE half -> float, exact for every input (subnormals, inf, nan); no F16C needed.
+inline float f16_to_f32(uint16_t h) {
+    uint32_t sign = uint32_t(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else {  // subnormal: value = man * 2^-24
+        float f = float(man) * (1.0f / 16777216.0f);
+        std::memcpy(&bits, &f, 4);
+        bits |= sign;
+    }
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+// float -> IEEE half, round to nearest even (as F16C / numpy).
+inline uint16_t f32_to_f16(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) return uint16_t(sign | 0x7c00 | (ax > 0x7f800000u ? 0x200 | ((ax >> 13) & 0x3ff) : 0));
+    if (ax >= 0x477ff000u) return uint16_t(sign | 0x7c00);  // rounds to >= 65520: inf
+    if (ax < 0x38800000u) {                                 // result subnormal or zero
+        float a;
+        std::memcpy(&a, &ax, 4);
+        // a * 2^24 rounded to nearest even integer = half mantissa (the float add rounds for us)
+        float r = a * 16777216.0f + 8388608.0f;
+        uint32_t rb;
+        std::memcpy(&rb, &r, 4);
+        return uint16_t(sign | (rb - 0x4b000000u));
+    }
+    uint32_t mant_odd = (ax >> 13) & 1;
+    ax += 0xc8000fffu + mant_odd;  // rebias exponent (-112 << 23) and round to nearest even
+    return uint16_t(sign | (ax >> 13));
+}
+
+inline float bf16_to_f32(uint16_t h) {
+    uint32_t bits = uint32_t(h) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+// float -> bf16, round to nearest even; NaN stays NaN.
+inline uint16_t f32_to_bf16(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return uint16_t((x >> 16) | 0x40);
+    return uint16_t((x + 0x7fff + ((x >> 16) & 1)) >> 16);
+}
+
+// Activation rows quantized to q8 blocks (ggml's q8_0 rounding: d = amax / 127, q = round(x / d)),
+// stored structure-of-arrays so SIMD loads of q are contiguous. sum[b] = sum of the block's q
+// (used by Q4_0: sum (nib - 8) q = sum nib q - 8 sum q).
+struct Q8Rows {
+    int8_t *q;    // [S, k]
+    float *d;     // [S, k/32]
+    int32_t *sum; // [S, k/32]
+    int64_t k;
+};
+
+// Quantizes X[S, k] (k a multiple of 32) into out (buffers of the sizes above).
+void quantize_rows_q8(const float *X, int64_t S, int64_t k, const Q8Rows &out);
+
+}  // namespace mole::cpu
