@@ -1,0 +1,158 @@
+// Token sampler (llama.cpp order): repetition penalty -> top-k -> top-p -> min-p -> temperature ->
+// draw from a seeded xoshiro256**. Works in a candidate buffer kept in the object: no allocation per
+// sample once the buffer has grown to n_vocab.
+#include "sampler.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace mole {
+
+void Rng::seed_with(uint64_t seed) {
+    // splitmix64 expands the seed into the 256-bit state (never all zero).
+    uint64_t x = seed;
+    for (uint64_t &s : s_) {
+        uint64_t z = (x += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        s = z ^ (z >> 31);
+    }
+}
+
+uint64_t Rng::next() {
+    auto rotl = [](uint64_t v, int k) { return (v << k) | (v >> (64 - k)); };
+    const uint64_t result = rotl(s_[1] * 5, 7) * 9;
+    const uint64_t t = s_[1] << 17;
+    s_[2] ^= s_[0];
+    s_[3] ^= s_[1];
+    s_[1] ^= s_[2];
+    s_[0] ^= s_[3];
+    s_[2] ^= t;
+    s_[3] = rotl(s_[3], 45);
+    return result;
+}
+
+Status Sampler::create(const mole_sampler_params &p, std::unique_ptr<Sampler> *out) {
+    if (std::isnan(p.temperature)) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: temperature is NaN");
+    if (p.top_k < 0) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: top_k = %d is negative (0 turns it off)", p.top_k);
+    if (!(p.top_p >= 0.0f && p.top_p <= 1.0f))
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: top_p = %g is outside [0, 1] (1 turns it off)", (double)p.top_p);
+    if (!(p.min_p >= 0.0f && p.min_p <= 1.0f))
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: min_p = %g is outside [0, 1] (0 turns it off)", (double)p.min_p);
+    if (!(p.repeat_penalty > 0.0f) || std::isinf(p.repeat_penalty))
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: repeat_penalty = %g must be a positive number (1 turns it off)",
+                         (double)p.repeat_penalty);
+    if (p.repeat_last_n < 0)
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: repeat_last_n = %d is negative", p.repeat_last_n);
+    out->reset(new Sampler(p));
+    (*out)->history_.reserve((size_t)p.repeat_last_n);
+    (*out)->recent_.reserve((size_t)p.repeat_last_n);
+    return MOLE_STATUS_OK;
+}
+
+void Sampler::accept(int32_t token) {
+    const size_t n = (size_t)params_.repeat_last_n;
+    if (n == 0) return;
+    if (history_.size() < n) history_.push_back(token);
+    else history_[history_pos_] = token;
+    history_pos_ = (history_pos_ + 1) % n;
+}
+
+void Sampler::reset() {
+    history_.clear();
+    history_pos_ = 0;
+    rng_.seed_with(params_.seed);
+}
+
+Status Sampler::sample(const float *logits, int32_t n_vocab, int32_t *token_out) {
+    if (logits == nullptr || token_out == nullptr)
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: logits or token_out is NULL");
+    if (n_vocab < 1) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: n_vocab = %d (need at least 1)", n_vocab);
+    cands_.resize((size_t)n_vocab);
+    for (int32_t i = 0; i < n_vocab; i++) {
+        const float l = logits[i];
+        if (std::isnan(l) || l == INFINITY)
+            return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: logit %d is %s", i, std::isnan(l) ? "NaN" : "+inf");
+        cands_[(size_t)i] = {l, i};
+    }
+    // Repetition penalty, once per distinct recent token: divide positive logits, multiply negative.
+    if (params_.repeat_penalty != 1.0f && !history_.empty()) {
+        recent_.assign(history_.begin(), history_.end());
+        std::sort(recent_.begin(), recent_.end());
+        recent_.erase(std::unique(recent_.begin(), recent_.end()), recent_.end());
+        for (int32_t id : recent_) {
+            if (id < 0 || id >= n_vocab) continue;
+            float &l = cands_[(size_t)id].logit;
+            l = l > 0.0f ? l / params_.repeat_penalty : l * params_.repeat_penalty;
+        }
+    }
+    // Strict total order: higher logit first, then lower id (any sort gives the same result).
+    auto better = [](const Cand &a, const Cand &b) { return a.logit > b.logit || (a.logit == b.logit && a.id < b.id); };
+
+    size_t n = cands_.size();
+    if (params_.temperature <= 0.0f) {
+        size_t best = 0;
+        for (size_t i = 1; i < n; i++)
+            if (cands_[i].logit > cands_[best].logit) best = i;
+        if (cands_[best].logit == -INFINITY) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: every logit is -inf");
+        *token_out = cands_[best].id;
+        accept(*token_out);
+        return MOLE_STATUS_OK;
+    }
+
+    bool sorted = false;
+    if (params_.top_k > 0 && (size_t)params_.top_k < n) {
+        const auto kth = cands_.begin() + params_.top_k;
+        std::nth_element(cands_.begin(), kth - 1, cands_.end(), better);
+        std::sort(cands_.begin(), kth, better);
+        n = (size_t)params_.top_k;
+        sorted = true;
+    }
+    float max_logit = -INFINITY;
+    for (size_t i = 0; i < n; i++) max_logit = std::max(max_logit, cands_[i].logit);
+    if (max_logit == -INFINITY) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: every logit is -inf");
+    // Softmax normalizer (temperature 1) of the top-k candidates, for top-p.
+    double z = 0.0;
+    for (size_t i = 0; i < n; i++) z += std::exp((double)cands_[i].logit - max_logit);
+
+    // min-p: keep p >= min_p * p_max, i.e. logit >= max + log(min_p). Top-p and min-p each keep a
+    // prefix of the sorted candidates, so filtering by min-p first (cheap) and then applying top-p
+    // with the top-k normalizer gives llama.cpp's top-p-then-min-p result.
+    if (params_.min_p > 0.0f) {
+        const double threshold = (double)max_logit + std::log((double)params_.min_p);
+        size_t w = 0;
+        for (size_t i = 0; i < n; i++)
+            if ((double)cands_[i].logit >= threshold) cands_[w++] = cands_[i];
+        n = w;
+    }
+    // top-p: the smallest prefix (by probability) whose mass reaches top_p; at least one token.
+    if (params_.top_p < 1.0f) {
+        if (!sorted) std::sort(cands_.begin(), cands_.begin() + (long)n, better);
+        sorted = true;
+        double cum = 0.0;
+        size_t keep = n;
+        for (size_t i = 0; i < n; i++) {
+            cum += std::exp((double)cands_[i].logit - max_logit) / z;
+            if (cum >= (double)params_.top_p) { keep = i + 1; break; }
+        }
+        n = keep;
+    }
+    // Temperature, then one draw. Candidates are in id order or in sorted order: both deterministic.
+    const double inv_t = 1.0 / (double)params_.temperature;
+    double total = 0.0;
+    for (size_t i = 0; i < n; i++) total += std::exp(((double)cands_[i].logit - max_logit) * inv_t);
+    const double u = rng_.uniform() * total;
+    double cum = 0.0;
+    size_t pick = n;
+    for (size_t i = 0; i < n; i++) {
+        const double w = std::exp(((double)cands_[i].logit - max_logit) * inv_t);
+        cum += w;
+        if (w > 0.0) pick = i;  // rounding fallback: the last candidate with weight
+        if (u < cum && w > 0.0) break;
+    }
+    *token_out = cands_[pick].id;
+    accept(*token_out);
+    return MOLE_STATUS_OK;
+}
+
+}  // namespace mole
