@@ -157,10 +157,13 @@ class MoleForCausalLM(nn.Module):
         table = None
         if self.form == "reparam":
             table = m.moe_table(input_ids).view(B, S, cfg.num_hidden_layers, cfg.num_experts, cfg.hidden_size)
+        if self.form == "training":  # experts read only the token id: compute them once per distinct id
+            uniq, inverse = torch.unique(input_ids, return_inverse=True)  # [U], [B, S]
+            e_uniq = m.embed_tokens(uniq)                                 # [U, d]
         x = e
         for l, layer in enumerate(m.layers):
             if self.form == "training":
-                experts = layer.expert_outputs(e)   # [B, S, N, d]
+                experts = layer.expert_outputs(e_uniq)[inverse]   # [U, N, d] -> [B, S, N, d]
             elif self.form == "reparam":
                 experts = table[:, :, l]            # [B, S, N, d]
             else:

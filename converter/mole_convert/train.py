@@ -1,0 +1,318 @@
+"""Train a byte-level BPE tokenizer and a small MoLE (or dense) model on plain text files, on CPU.
+`python -m mole_convert.train --data FILE... --out DIR [--preset tiny|small|demo]`; the output directory is an
+HF-layout checkpoint (`mole convert` takes it) plus train_state.pt (resume) and train_log.json (results)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import save_checkpoint
+from .config import MoleConfig
+from .model import MoleForCausalLM
+from .tokenizer_train import ENDOFTEXT, train_bpe_tokenizer
+
+# Model and schedule presets for a 2-core CPU. "demo": V*L*N*d = 4096*4*4*256 = 16.8M LUT values
+# (~17.8 MB at q8_0) + ~4.6M dense weights (~4.9 MB at q8_0): a GGUF under 24 MB.
+PRESETS = {
+    "tiny": dict(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=1, num_experts=2, seq_len=32, batch_size=4, steps=40, lr=3e-3, warmup=4,
+                 eval_every=20, log_every=5, save_every=20),
+    "small": dict(vocab_size=2048, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, num_experts=4, seq_len=128, batch_size=16,
+                  steps=600, lr=2e-3, warmup=30, eval_every=100, log_every=10, save_every=200),
+    "demo": dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=4, num_experts=4, seq_len=256, batch_size=16,
+                 steps=3000, lr=1.5e-3, warmup=100, eval_every=250, log_every=10, save_every=250),
+}
+MODEL_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "num_experts")
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="mole train", description=__doc__.split("\n")[0])
+    p.add_argument("--data", nargs="+", type=pathlib.Path, help="training text files (UTF-8)")
+    p.add_argument("--out", type=pathlib.Path, required=True, help="output checkpoint directory")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    p.add_argument("--experts", type=int, help="number of experts N (0 = dense); overrides the preset")
+    p.add_argument("--steps", type=int, help="total optimizer steps (also the end of the cosine schedule)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    p.add_argument("--stop-after", type=int, help="stop (and save) after this step; the schedule still ends at --steps")
+    p.add_argument("--time-limit", type=float, help="stop (and save) after this many minutes of training")
+    p.add_argument("--eval-file", type=pathlib.Path,
+                   help="held-out text; default: the last --eval-fraction of each --data file")
+    p.add_argument("--eval-fraction", type=float, default=0.02)
+    p.add_argument("--eval-tokens", type=int, default=0, help="cap on held-out tokens per eval (0 = all)")
+    for key in MODEL_KEYS[:-1]:
+        p.add_argument("--" + key.replace("_", "-"), type=int, dest=key)
+    for key, typ in (("seq_len", int), ("batch_size", int), ("lr", float), ("warmup", int),
+                     ("eval_every", int), ("log_every", int), ("save_every", int)):
+        p.add_argument("--" + key.replace("_", "-"), type=typ, dest=key)
+    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr = lr * this")
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="autocast dtype for matmuls")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--quiet", action="store_true", help="print only the final summary")
+    args = p.parse_args(argv)
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.experts is not None:
+        args.num_experts = args.experts
+    if not args.resume and not args.data:
+        p.error("--data is required (except with --resume)")
+    if args.stop_after is not None and args.stop_after < 1:
+        p.error("--stop-after must be at least 1")
+    for name in ("steps", "seq_len", "batch_size", "eval_every", "log_every", "save_every"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.num_experts < 0:
+        p.error("--experts must be >= 0")
+    if not 0.0 < args.eval_fraction < 0.5:
+        p.error("--eval-fraction must be in (0, 0.5)")
+    return args
+
+
+def read_texts(args) -> tuple[list[str], str]:
+    """(training texts, held-out text). Without --eval-file the last eval_fraction of each file, cut at a
+    line break, is held out."""
+    train, held = [], []
+    for path in args.data:
+        if not path.is_file():
+            raise FileNotFoundError(f"training file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+        if args.eval_file is not None:
+            train.append(text)
+            continue
+        cut = int(len(text) * (1.0 - args.eval_fraction))
+        nl = text.find("\n", cut)
+        cut = nl + 1 if 0 <= nl < len(text) - 1 else cut
+        train.append(text[:cut])
+        held.append(text[cut:])
+    if args.eval_file is not None:
+        held = [args.eval_file.read_text(encoding="utf-8")]
+    held_text = "\n".join(held)
+    if not any(t.strip() for t in train) or not held_text.strip():
+        raise ValueError("not enough text: training and held-out parts must both be non-empty")
+    return train, held_text
+
+
+def _chunks(text: str, size: int = 1 << 16) -> list[str]:
+    """Split text at line breaks into pieces of about size characters (for parallel encoding)."""
+    out, start = [], 0
+    while start < len(text):
+        end = text.find("\n", start + size)
+        end = len(text) if end < 0 else end + 1
+        out.append(text[start:end])
+        start = end
+    return out
+
+
+def encode(tok, texts: list[str]) -> torch.Tensor:
+    """Token ids [T] of the texts, each document preceded by <|endoftext|> (id 0)."""
+    ids = []
+    for text in texts:
+        ids.append(0)
+        for enc in tok.encode_batch(_chunks(text)):
+            ids.extend(enc.ids)
+    return torch.tensor(ids, dtype=torch.int32)
+
+
+def lr_at(step: int, args) -> float:
+    """Linear warmup to args.lr, then cosine decay to args.lr * min_lr_ratio at args.steps."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
+    min_lr = args.lr * args.min_lr_ratio
+    return min_lr + 0.5 * (args.lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def get_batch(data: torch.Tensor, args, gen: torch.Generator):
+    """Random windows: x, y [B, S] with y = x shifted by one."""
+    starts = torch.randint(0, len(data) - args.seq_len - 1, (args.batch_size,), generator=gen)
+    win = torch.stack([data[s:s + args.seq_len + 1] for s in starts.tolist()]).long()  # [B, S+1]
+    return win[:, :-1], win[:, 1:]
+
+
+def autocast(args):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
+
+@torch.no_grad()
+def evaluate(model, data: torch.Tensor, n_bytes: int, args) -> dict:
+    """Mean next-token loss (nats) over non-overlapping windows of the held-out ids, and bits per byte
+    (total nats / ln 2 / UTF-8 bytes of the text the evaluated tokens cover)."""
+    model.eval()
+    if args.eval_tokens:
+        data = data[:args.eval_tokens + 1]
+    S = args.seq_len
+    windows = [data[s:s + S + 1].long() for s in range(0, len(data) - 1, S)]  # each [<= S+1]
+    total, count = 0.0, 0
+    full = [w for w in windows if len(w) == S + 1]
+    batches = [torch.stack(full[i:i + args.batch_size]) for i in range(0, len(full), args.batch_size)]
+    batches += [w[None] for w in windows if len(w) != S + 1]  # the ragged tail, alone
+    for win in batches:  # [b, <= S+1]
+        with autocast(args):
+            logits = model(win[:, :-1])
+        total += F.cross_entropy(logits.float().flatten(0, 1), win[:, 1:].flatten(), reduction="sum").item()
+        count += win[:, 1:].numel()
+    model.train()
+    loss = total / count
+    covered = n_bytes * count / (len(data) - 1) if args.eval_tokens else n_bytes
+    return {"loss": loss, "bpb": total / math.log(2) / covered, "tokens": count}
+
+
+def build_tokenizer(args, train_texts):
+    from tokenizers import Tokenizer
+
+    path = args.out / "tokenizer.json"
+    if args.resume:
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume: {path} not found")
+        return Tokenizer.from_file(str(path))
+    say(args, f"training a {args.vocab_size}-id byte-level BPE tokenizer on {sum(map(len, train_texts))} chars")
+    return train_bpe_tokenizer(train_texts, args.vocab_size)
+
+
+def say(args, msg: str) -> None:
+    if not args.quiet:
+        print(msg, flush=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    torch.set_num_threads(max(1, args.threads))
+    t_start = time.time()
+    state_path = args.out / "train_state.pt"
+    state = None
+    if args.resume:
+        if not state_path.is_file():
+            raise FileNotFoundError(f"--resume: {state_path} not found")
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        saved = state["args"]  # the run's data, model and optimizer settings; --steps and logging may change
+        for key in ("eval_fraction", "seq_len", "batch_size", "lr", "warmup", "min_lr_ratio", "weight_decay",
+                    "precision", "seed", *MODEL_KEYS):
+            setattr(args, key, saved[key])
+        if not args.data:
+            args.data = [pathlib.Path(p) for p in saved["data"]]
+        if args.eval_file is None and saved["eval_file"]:
+            args.eval_file = pathlib.Path(saved["eval_file"])
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    train_texts, held_text = read_texts(args)
+    tok = build_tokenizer(args, train_texts)
+    if tok.token_to_id(ENDOFTEXT) != 0:
+        raise ValueError(f"tokenizer must have {ENDOFTEXT} at id 0")
+    train_ids, held_ids = encode(tok, train_texts), encode(tok, [held_text])
+    if len(train_ids) < args.seq_len + 2 or len(held_ids) < 2:
+        raise ValueError(f"text too short: {len(train_ids)} training tokens for windows of {args.seq_len}")
+    n_held_bytes = len(held_text.encode("utf-8"))
+    say(args, f"data: {len(train_ids)} training tokens, {len(held_ids)} held-out tokens "
+              f"({n_held_bytes / max(1, len(held_ids) - 1):.2f} bytes/token)")
+
+    config = MoleConfig(**{k: getattr(args, k) for k in MODEL_KEYS}, max_position_embeddings=max(2048, args.seq_len),
+                        rms_norm_eps=1e-5, rope_theta=10000.0, bos_token_id=0, eos_token_id=0)
+    model = MoleForCausalLM(config, form="training").init_weights(std=0.02, seed=args.seed)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
+    gen = torch.Generator().manual_seed(args.seed)
+    step, history = 0, {"train": [], "eval": []}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        step, history = state["step"], state["history"]
+        say(args, f"resumed from step {step}")
+    resumed_from = step
+    n_params = sum(p.numel() for p in model.parameters())
+    say(args, f"model: {n_params / 1e6:.2f}M parameters, V={config.vocab_size} d={config.hidden_size} "
+              f"L={config.num_hidden_layers} N={config.num_experts} D={config.intermediate_size}; "
+              f"{args.steps} steps of {args.batch_size}x{args.seq_len} tokens, {args.precision}, "
+              f"{torch.get_num_threads()} threads")
+
+    def save():
+        save_checkpoint(model, config, args.out, tokenizer_json=tok.to_str(), chat_template=CHAT_TEMPLATE)
+        tmp = state_path.with_suffix(".pt.tmp")
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(), "step": step, "history": history,
+                    "args": {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()
+                             if k not in ("data", "eval_file")} | {
+                        "data": [str(p) for p in args.data],
+                        "eval_file": str(args.eval_file) if args.eval_file else None}}, tmp)
+        os.replace(tmp, state_path)
+
+    if step == 0:
+        ev = evaluate(model, held_ids, n_held_bytes, args)
+        history["eval"].append({"step": 0, **ev})
+        say(args, f"step 0: eval loss {ev['loss']:.4f}, {ev['bpb']:.3f} bits/byte")
+    model.train()
+    t_loop, tokens_done = time.time(), 0
+    stop_at = min(args.steps, args.stop_after or args.steps)
+    while step < stop_at:
+        if args.time_limit is not None and time.time() - t_start > args.time_limit * 60:
+            say(args, f"time limit of {args.time_limit} min reached at step {step}")
+            break
+        lr = lr_at(step, args)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x, y = get_batch(train_ids, args, gen)
+        with autocast(args):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float().view(-1, config.vocab_size), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        opt.step()
+        step += 1
+        tokens_done += x.numel()
+        history["train"].append({"step": step, "loss": loss.item()})
+        if step % args.log_every == 0 or step == args.steps:
+            elapsed = time.time() - t_loop
+            tps = tokens_done / max(elapsed, 1e-9)
+            eta = (args.steps - step) * x.numel() / max(tps, 1e-9)
+            say(args, f"step {step}/{args.steps}: loss {loss.item():.4f}, lr {lr:.2e}, {tps:.0f} tok/s, "
+                      f"ETA {eta / 60:.1f} min")
+        if step % args.eval_every == 0 or step == stop_at:
+            ev = evaluate(model, held_ids, n_held_bytes, args)
+            history["eval"].append({"step": step, **ev})
+            say(args, f"step {step}: eval loss {ev['loss']:.4f}, {ev['bpb']:.3f} bits/byte")
+        if step % args.save_every == 0 and step < stop_at:
+            save()
+
+    if history["eval"][-1]["step"] != step:  # stopped by the time limit, or nothing was left to do
+        ev = evaluate(model, held_ids, n_held_bytes, args)
+        history["eval"].append({"step": step, **ev})
+        say(args, f"step {step}: eval loss {ev['loss']:.4f}, {ev['bpb']:.3f} bits/byte")
+    save()
+    final = history["eval"][-1]
+    wall = time.time() - t_start
+    log = {"steps": step, "resumed_from": resumed_from, "final_eval_loss": final["loss"], "final_bpb": final["bpb"],
+           "eval_tokens": final["tokens"], "held_out_bytes": n_held_bytes, "wall_time_s": wall,
+           "tokens_per_s": tokens_done / max(time.time() - t_loop, 1e-9) if tokens_done else None,
+           "parameters": n_params, "config": config.to_hf_dict(), "preset": args.preset,
+           "command": "python -m mole_convert.train " + " ".join(sys.argv[1:] if argv is None else argv),
+           "evals": history["eval"], "train_loss": [h["loss"] for h in history["train"]]}
+    (args.out / "train_log.json").write_text(json.dumps(log, indent=2) + "\n")
+    print(f"done: {step} steps, eval loss {final['loss']:.4f}, {final['bpb']:.3f} bits/byte, "
+          f"{wall / 60:.1f} min; checkpoint in {args.out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

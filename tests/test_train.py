@@ -1,0 +1,81 @@
+"""Tests of mole_convert.train: a few-step run lowers the held-out loss, resuming continues from the saved
+step exactly as an uninterrupted run, and the output directory is a checkpoint load_checkpoint accepts."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+
+from mole_convert.checkpoint import load_checkpoint
+from mole_convert.testing import _TINY_TEXT
+from mole_convert.train import PRESETS, lr_at, main, parse_args
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "text.txt"
+    path.write_text(_TINY_TEXT * 30)
+    return path
+
+
+def run(out, text_file, *extra):
+    argv = ["--data", str(text_file), "--out", str(out), "--preset", "tiny", "--threads", "1", "--quiet",
+            "--eval-every", "4", "--save-every", "4", *extra]
+    assert main(argv) == 0
+    return json.loads((out / "train_log.json").read_text())
+
+
+def test_loss_falls_and_output_is_a_checkpoint(tmp_path, text_file):
+    log = run(tmp_path, text_file, "--steps", "16")
+    evals = log["evals"]
+    assert [e["step"] for e in evals] == [0, 4, 8, 12, 16]
+    assert evals[-1]["loss"] < evals[0]["loss"] - 0.5
+    assert log["final_bpb"] == evals[-1]["bpb"] and 0 < log["final_bpb"] < evals[0]["bpb"]
+    assert log["steps"] == 16 and len(log["train_loss"]) == 16 and log["wall_time_s"] > 0
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.form == "training" and ckpt.config.num_experts == PRESETS["tiny"]["num_experts"]
+    assert ckpt.chat_template and "messages" in ckpt.chat_template
+    tok = Tokenizer.from_file(str(ckpt.tokenizer_path))
+    assert tok.token_to_id("<|endoftext|>") == 0 and tok.get_vocab_size() <= ckpt.config.vocab_size
+    assert tok.decode(tok.encode("The lantern keeper, 2024!").ids) == "The lantern keeper, 2024!"
+
+
+def test_resume_continues_like_an_uninterrupted_run(tmp_path, text_file):
+    straight = run(tmp_path / "a", text_file, "--steps", "12")
+    run(tmp_path / "b", text_file, "--steps", "12", "--stop-after", "8")
+    state = torch.load(tmp_path / "b" / "train_state.pt", weights_only=True)
+    assert state["step"] == 8
+    resumed = run(tmp_path / "b", text_file, "--steps", "12", "--resume")
+    assert resumed["resumed_from"] == 8 and resumed["steps"] == 12
+    assert resumed["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-5)
+    a = load_file(tmp_path / "a" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "model.safetensors")
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+
+
+def test_dense_run(tmp_path, text_file):
+    run(tmp_path, text_file, "--steps", "4", "--experts", "0", "--precision", "fp32")
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.form == "dense" and ckpt.config.num_experts == 0
+
+
+def test_time_limit_still_leaves_a_checkpoint(tmp_path, text_file):
+    log = run(tmp_path, text_file, "--steps", "1000", "--time-limit", "0")
+    assert log["steps"] == 0 and [e["step"] for e in log["evals"]] == [0]
+    assert load_checkpoint(tmp_path).form == "training"
+
+
+def test_schedule_and_argument_errors(tmp_path, text_file):
+    args = parse_args(["--data", str(text_file), "--out", str(tmp_path), "--steps", "100", "--lr", "1e-3",
+                       "--warmup", "10"])
+    lrs = [lr_at(s, args) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] == pytest.approx(1e-4, rel=0.01)
+    with pytest.raises(FileNotFoundError, match="train_state.pt"):
+        main(["--out", str(tmp_path / "none"), "--resume", "--quiet"])
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        main(["--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o"), "--quiet"])
+    with pytest.raises(SystemExit):
+        parse_args(["--out", str(tmp_path)])  # --data required without --resume
