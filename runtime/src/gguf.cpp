@@ -311,7 +311,7 @@ Status Gguf::parse(const uint8_t *data, uint64_t size, const std::string &what) 
         int64_t block_elems, block_bytes;
         if (!cpu::type_traits(t.type, &block_elems, &block_bytes))
             return set_error(MOLE_STATUS_FORMAT_ERROR,
-                             "%s: tensor '%s': unsupported type %u (supported: F32, F16, BF16, Q8_0, Q4_0)", w.c_str(),
+                             "%s: tensor '%s': unsupported type %u (supported: f32, f16, bf16, q8_0, q4_0)", w.c_str(),
                              tn, t.type);
         if (t.ne[0] % block_elems != 0)
             return set_error(MOLE_STATUS_FORMAT_ERROR,
