@@ -1,0 +1,196 @@
+// bench_ops: times the CPU matmul on the 160M model's shapes for every weight type, ISA path and
+// thread count (median of repeats), and a plain stream-read loop for the machine's memory bandwidth.
+// Usage: bench_ops [--types f32,q8_0] [--isa portable,avx2,avx512] [--threads 1,2] [--S 1,512]
+//                  [--reps 5] [--cold-mb 600] [--max-s 3]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "backend/cpu/kernels.h"
+#include "backend/cpu/ops.h"
+#include "backend/cpu/quant.h"
+#include "backend/cpu/threadpool.h"
+
+using namespace mole::cpu;
+
+namespace {
+
+double now() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::vector<std::string> split(const char *s) {
+    std::vector<std::string> out;
+    std::string cur;
+    for (; *s; ++s) {
+        if (*s == ',') { out.push_back(cur); cur.clear(); } else cur += *s;
+    }
+    if (!cur.empty()) out.push_back(cur);
+    return out;
+}
+
+struct Rng {
+    uint64_t s = 0x243F6A8885A308D3ull;
+    uint64_t next() { s ^= s << 13; s ^= s >> 7; s ^= s << 17; return s; }
+    float uniform() { return float(int64_t(next() >> 40) - (1 << 23)) / float(1 << 23); }
+};
+
+// Fills `bytes` of valid `type` rows (finite weights, no denormals) with random content.
+void fill(Type t, uint8_t *p, int64_t bytes, Rng &rng) {
+    switch (t) {
+    case Type::F32:
+        for (int64_t i = 0; i + 4 <= bytes; i += 4) { float f = rng.uniform(); std::memcpy(p + i, &f, 4); }
+        break;
+    case Type::F16:
+    case Type::BF16:
+        for (int64_t i = 0; i + 2 <= bytes; i += 2) {
+            const uint16_t h = t == Type::F16 ? f32_to_f16(rng.uniform()) : f32_to_bf16(rng.uniform());
+            std::memcpy(p + i, &h, 2);
+        }
+        break;
+    case Type::Q8_0:
+    case Type::Q4_0: {
+        const int64_t bb = t == Type::Q8_0 ? 34 : 18;
+        const uint16_t d = f32_to_f16(0.01f);
+        for (int64_t i = 0; i + bb <= bytes; i += bb) {
+            std::memcpy(p + i, &d, 2);
+            for (int64_t j = 2; j < bb; ++j) p[i + j] = uint8_t(rng.next() >> 56);
+        }
+        break;
+    }
+    }
+}
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+// Read bandwidth (GB/s): each thread sums its share of a buffer larger than the caches.
+double stream_read(const uint8_t *buf, int64_t bytes, ThreadPool &pool, int reps) {
+    const int64_t chunk = 1 << 20, n_chunks = bytes / chunk;
+    std::vector<double> times;
+    std::vector<uint64_t> sink(64 * 8, 0);
+    for (int r = 0; r < reps; ++r) {
+        const double t0 = now();
+        pool.parallel_for(n_chunks, [&](int64_t c, int th) {
+            const uint64_t *p = reinterpret_cast<const uint64_t *>(buf + c * chunk);
+            uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+            for (int64_t i = 0; i < chunk / 8; i += 8) {
+                a0 += p[i]; a1 += p[i + 1]; a2 += p[i + 2]; a3 += p[i + 3];
+                a4 += p[i + 4]; a5 += p[i + 5]; a6 += p[i + 6]; a7 += p[i + 7];
+            }
+            sink[size_t(th) * 8] += a0 ^ a1 ^ a2 ^ a3 ^ a4 ^ a5 ^ a6 ^ a7;
+        });
+        times.push_back(now() - t0);
+    }
+    if (sink[0] == 42) std::printf(" ");
+    return double(n_chunks * chunk) / median(times) / 1e9;
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+    std::vector<std::string> types{"f32", "f16", "bf16", "q8_0", "q4_0"}, isa_list, thread_list{"1", "2"}, s_list{"1", "512"};
+    int reps = 5;
+    double cold_mb = 600.0, max_s = 3.0;
+    for (Isa i = Isa::Portable; int(i) <= int(best_isa()); i = Isa(int(i) + 1)) isa_list.push_back(isa_name(i));
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : nullptr;
+        if (!v) { std::fprintf(stderr, "bench_ops: option %s needs a value\n", a.c_str()); return 2; }
+        if (a == "--types") types = split(v);
+        else if (a == "--isa") isa_list = split(v);
+        else if (a == "--threads") thread_list = split(v);
+        else if (a == "--S") s_list = split(v);
+        else if (a == "--reps") reps = std::max(1, std::atoi(v));
+        else if (a == "--cold-mb") cold_mb = std::atof(v);
+        else if (a == "--max-s") max_s = std::atof(v);
+        else { std::fprintf(stderr, "bench_ops: unknown option %s\n", a.c_str()); return 2; }
+        ++i;
+    }
+    struct Shape { int64_t k, n; const char *what; };
+    const Shape shapes[] = {{768, 768, "attn q/k/v/o"}, {768, 3072, "ffn_up"}, {3072, 768, "ffn_down"},
+                            {768, 50304, "output"}};
+
+    int max_threads = 1;
+    for (auto &t : thread_list) max_threads = std::max(max_threads, std::atoi(t.c_str()));
+    std::vector<ThreadPool *> pools(size_t(max_threads + 1), nullptr);
+    for (auto &t : thread_list) {
+        const int n = std::atoi(t.c_str());
+        if (n < 1) { std::fprintf(stderr, "bench_ops: bad thread count '%s'\n", t.c_str()); return 2; }
+        if (!pools[size_t(n)]) pools[size_t(n)] = new ThreadPool(n);
+    }
+
+    // One pool of bytes larger than the last-level cache: S = 1 runs rotate through copies of the
+    // weights in it so every matmul streams from memory, as decoding a real model does.
+    const int64_t pool_bytes = int64_t(cold_mb * 1e6);
+    std::vector<uint8_t> buf(static_cast<size_t>(pool_bytes));
+    Rng rng;
+    fill(Type::Q8_0, buf.data(), pool_bytes, rng);
+
+    std::printf("# best ISA: %s; cold working set %.0f MB; median of %d\n", isa_name(best_isa()), cold_mb, reps);
+    std::vector<double> bw(size_t(max_threads + 1), 0.0);
+    for (auto &t : thread_list) {
+        const int n = std::atoi(t.c_str());
+        bw[size_t(n)] = stream_read(buf.data(), pool_bytes, *pools[size_t(n)], reps);
+        std::printf("stream-read %d thread(s): %.1f GB/s\n", n, bw[size_t(n)]);
+    }
+    std::printf("\n%-8s %-5s %-14s %5s %4s %3s %10s %8s %9s %7s\n", "isa", "type", "k x n", "", "S", "thr", "ms/matmul",
+                "GB/s", "GFLOP/s", "%bw");
+
+    for (const Shape &sh : shapes) {
+        for (const std::string &tn : types) {
+            Type t;
+            if (tn == "f32") t = Type::F32;
+            else if (tn == "f16") t = Type::F16;
+            else if (tn == "bf16") t = Type::BF16;
+            else if (tn == "q8_0") t = Type::Q8_0;
+            else if (tn == "q4_0") t = Type::Q4_0;
+            else { std::fprintf(stderr, "bench_ops: unknown type '%s'\n", tn.c_str()); return 2; }
+            const int64_t wbytes = sh.n * row_bytes(t, sh.k);
+            const int64_t copies = std::max<int64_t>(1, pool_bytes / wbytes);
+            fill(t, buf.data(), copies * wbytes, rng);
+            for (const std::string &S_s : s_list) {
+                const int64_t S = std::atoll(S_s.c_str());
+                std::vector<float> X(size_t(S * sh.k)), Y(size_t(S * sh.n));
+                for (auto &x : X) x = rng.uniform();
+                for (const std::string &isn : isa_list) {
+                    Isa want = isn == "portable" ? Isa::Portable : isn == "avx2" ? Isa::Avx2 : Isa::Avx512;
+                    if (set_isa(want) != want) continue;   // not supported here
+                    for (const std::string &th : thread_list) {
+                        const int nt = std::atoi(th.c_str());
+                        ThreadPool *pool = pools[size_t(nt)];
+                        // S = 1: one sample = one pass over all copies; S > 1: one matmul.
+                        const int64_t per_sample = S == 1 ? copies : 1;
+                        std::vector<double> times;
+                        matmul(t, buf.data(), sh.n, sh.k, X.data(), S, Y.data(), pool);   // warm-up
+                        const double start = now();
+                        for (int r = 0; r < reps; ++r) {
+                            const double t0 = now();
+                            for (int64_t c = 0; c < per_sample; ++c)
+                                matmul(t, buf.data() + c * wbytes, sh.n, sh.k, X.data(), S, Y.data(), pool);
+                            times.push_back((now() - t0) / double(per_sample));
+                            if (now() - start > max_s) break;
+                        }
+                        const double sec = median(times);
+                        const double gbs = double(wbytes) / sec / 1e9, gflops = 2.0 * double(S * sh.n * sh.k) / sec / 1e9;
+                        char ks[32];
+                        std::snprintf(ks, sizeof ks, "%lldx%lld", (long long)sh.k, (long long)sh.n);
+                        std::printf("%-8s %-5s %-14s %5s %4lld %3d %10.3f %8.1f %9.1f", isa_name(want), tn.c_str(), ks, "",
+                                    (long long)S, nt, sec * 1e3, gbs, gflops);
+                        if (S == 1 && bw[size_t(nt)] > 0) std::printf(" %6.0f%%", 100.0 * gbs / bw[size_t(nt)]);
+                        std::printf("\n");
+                        std::fflush(stdout);
+                    }
+                }
+            }
+        }
+    }
+    for (auto *p : pools) delete p;
+    return 0;
+}
