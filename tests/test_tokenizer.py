@@ -160,3 +160,48 @@ def test_trained_bytelevel(tokenizer_bin, tmp_path):
     cases = [(0, 1, t, tok.encode(t).ids) for t in texts]
     write_dump(tmp_path / "trained.bin", "default", tokens, types, merges, -1, 0, -1, cases)
     run_bin(tokenizer_bin, tmp_path / "trained.bin")
+
+
+# ---- the same parity through the C API (mole.Model.tokenize) on converted models -----------------
+
+@pytest.fixture(scope="module")
+def neox_model(model_factory):
+    if not NEOX_JSON.exists():
+        pytest.skip("GPT-NeoX tokenizer.json not available")
+    mole = pytest.importorskip("mole")
+    path, _, _ = model_factory(tokenizer="neox", vocab_size=50304, hidden_size=32, intermediate_size=32,
+                               num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, num_experts=1,
+                               lut_type="q8_0", weight_type="f16")
+    with mole.Model(str(path), n_ctx=64, n_threads=1) as m:
+        yield m
+
+
+def test_api_neox_parity(neox_model):
+    m = neox_model
+    tok = tokenizers.Tokenizer.from_file(str(NEOX_JSON))
+    assert m.metadata["tokenizer.ggml.pre"] == "gpt-neox"
+    texts = STRESS + ([CORPUS[0].read_text(encoding="utf-8")[:300_000]] if CORPUS else [])
+    for text in texts:
+        ids = tok.encode(text).ids
+        assert m.tokenize(text, special=True) == ids, text[:80]
+        assert m.detokenize(ids) == tok.decode(ids, skip_special_tokens=False), text[:80]
+    tok.encode_special_tokens = True
+    for text in [t for t in STRESS if "<|" in t]:
+        assert m.tokenize(text, special=False) == tok.encode(text).ids, text
+    assert m.tokenize("hi", add_bos=True)[0] == 0
+    assert m.token_is_eog(0) and not m.token_is_eog(tok.token_to_id("Ġthe"))
+    # special tokens are dropped on request; padded-vocab fillers are control-like
+    assert m.detokenize([0, 12092, 1], skip_special=True) == "Hello"
+    assert m.detokenize([50300], skip_special=True) == ""
+
+
+def test_api_tiny_tokenizer_parity(model_factory):
+    """The converter's tiny trained tokenizer (pre "default", no NFC) through the C API."""
+    mole = pytest.importorskip("mole")
+    from mole_convert.testing import make_tiny_tokenizer_json, tiny_config
+    path, _, cfg = model_factory(lut_type="f32", weight_type="f32")
+    tok = tokenizers.Tokenizer.from_str(make_tiny_tokenizer_json(min(cfg.vocab_size, 384)))
+    with mole.Model(str(path), n_ctx=64, n_threads=1) as m:
+        assert m.metadata["tokenizer.ggml.pre"] == "default"
+        for text in STRESS:
+            assert m.tokenize(text, special=True) == tok.encode(text).ids, text[:80]
