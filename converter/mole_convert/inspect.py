@@ -36,14 +36,15 @@ def inspect(path) -> dict:
         raise FileNotFoundError(f"no such file: {path}")
     try:
         r = GGUFReader(path)
-    except (ValueError, KeyError, IndexError) as e:
-        raise ValueError(f"{path}: not a readable GGUF file: {e}") from None
-    meta = {name: _value(f) for name, f in r.fields.items() if not name.startswith("GGUF.")}
-    tensors = [{"name": t.name, "type": t.tensor_type.name, "shape": [int(x) for x in t.shape],
-                "bytes": int(t.n_bytes), "offset": int(t.data_offset)} for t in r.tensors]
+        meta = {name: _value(f) for name, f in r.fields.items() if not name.startswith("GGUF.")}
+        tensors = [{"name": t.name, "type": t.tensor_type.name, "shape": [int(x) for x in t.shape],
+                    "bytes": int(t.n_bytes), "offset": int(t.data_offset)} for t in r.tensors]
+        version = int(r.fields["GGUF.version"].contents())
+    except (ValueError, KeyError, IndexError, OverflowError, TypeError) as e:
+        raise ValueError(f"{path}: not a readable GGUF file: {type(e).__name__}: {e}") from None
     lut = next((t for t in tensors if t["name"] == G.TENSOR_LUT), None)
     dense = sum(t["bytes"] for t in tensors if t["name"] != G.TENSOR_LUT)
-    info = {"path": str(path), "file_bytes": path.stat().st_size, "gguf_version": int(r.fields["GGUF.version"].contents()),
+    info = {"path": str(path), "file_bytes": path.stat().st_size, "gguf_version": version,
             "metadata": meta, "tensors": tensors, "dense_bytes": dense, "lut": None}
     if lut is not None:
         n_rows = lut["shape"][1] if len(lut["shape"]) > 1 else 1
