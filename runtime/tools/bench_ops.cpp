@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,13 @@
 using namespace mole::cpu;
 
 namespace {
+
+// Process CPU seconds (all threads): with wall time it shows whether other load stole the cores.
+double cpu_now() {
+    timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
 
 double now() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -133,15 +141,16 @@ int main(int argc, char **argv) {
     Rng rng;
     fill(Type::Q8_0, buf.data(), pool_bytes, rng);
 
-    std::printf("# best ISA: %s; cold working set %.0f MB; median of %d\n", isa_name(best_isa()), cold_mb, reps);
+    std::printf("# best ISA: %s; cold working set %.0f MB; median of %d; cpu%% = process CPU time / (wall x threads):\n"
+                "# well under 100 means other load shared the cores during that row\n", isa_name(best_isa()), cold_mb, reps);
     std::vector<double> bw(size_t(max_threads + 1), 0.0);
     for (auto &t : thread_list) {
         const int n = std::atoi(t.c_str());
         bw[size_t(n)] = stream_read(buf.data(), pool_bytes, *pools[size_t(n)], reps);
         std::printf("stream-read %d thread(s): %.1f GB/s\n", n, bw[size_t(n)]);
     }
-    std::printf("\n%-8s %-5s %-14s %5s %4s %3s %10s %8s %9s %7s\n", "isa", "type", "k x n", "", "S", "thr", "ms/matmul",
-                "GB/s", "GFLOP/s", "%bw");
+    std::printf("\n%-8s %-5s %-11s %5s %3s %10s %8s %9s %5s %7s\n", "isa", "type", "k x n", "S", "thr", "ms/matmul",
+                "GB/s", "GFLOP/s", "cpu%", "%bw");
 
     for (const Shape &sh : shapes) {
         for (const std::string &tn : types) {
@@ -169,7 +178,7 @@ int main(int argc, char **argv) {
                         const int64_t per_sample = S == 1 ? copies : 1;
                         std::vector<double> times;
                         matmul(t, buf.data(), sh.n, sh.k, X.data(), S, Y.data(), pool);   // warm-up
-                        const double start = now();
+                        const double start = now(), cpu0 = cpu_now();
                         for (int r = 0; r < reps; ++r) {
                             const double t0 = now();
                             for (int64_t c = 0; c < per_sample; ++c)
@@ -177,12 +186,13 @@ int main(int argc, char **argv) {
                             times.push_back((now() - t0) / double(per_sample));
                             if (now() - start > max_s) break;
                         }
+                        const double cpu_frac = (cpu_now() - cpu0) / ((now() - start) * nt);
                         const double sec = median(times);
                         const double gbs = double(wbytes) / sec / 1e9, gflops = 2.0 * double(S * sh.n * sh.k) / sec / 1e9;
                         char ks[32];
                         std::snprintf(ks, sizeof ks, "%lldx%lld", (long long)sh.k, (long long)sh.n);
-                        std::printf("%-8s %-5s %-14s %5s %4lld %3d %10.3f %8.1f %9.1f", isa_name(want), tn.c_str(), ks, "",
-                                    (long long)S, nt, sec * 1e3, gbs, gflops);
+                        std::printf("%-8s %-5s %-11s %5lld %3d %10.3f %8.1f %9.1f %5.0f", isa_name(want), tn.c_str(), ks,
+                                    (long long)S, nt, sec * 1e3, gbs, gflops, 100.0 * cpu_frac);
                         if (S == 1 && bw[size_t(nt)] > 0) std::printf(" %6.0f%%", 100.0 * gbs / bw[size_t(nt)]);
                         std::printf("\n");
                         std::fflush(stdout);

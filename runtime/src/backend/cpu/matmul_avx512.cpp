@@ -1,6 +1,6 @@
 // AVX-512 matmul tiles (compiled with -mavx512*; called only after the run-time check).
-// Float types: 16-wide FMA over R W rows x C X rows. Q8_0/Q4_0: VNNI vpdpbusd on 256-bit lanes
-// with the weights as the unsigned operand (q8: w + 128, q4: the raw nibble) and the offset
+// Float types: 16-wide FMA over R W rows x C X rows. Q8_0/Q4_0: VNNI vpdpbusd, two blocks per
+// 512-bit register, weights as the unsigned operand (q8: w + 128, q4: the raw nibble), the offset
 // removed exactly in integers with the block's activation sum: sum (u - o) x = sum u x - o sum x.
 #include <immintrin.h>
 
@@ -83,12 +83,53 @@ template <Type T, int R, int C> void tile_quant(const MatmulArgs &a, int64_t r, 
         xd[j] = a.xq.d + (s + j) * nb;
         xs[j] = a.xq.sum + (s + j) * nb;
     }
+    // Pairs of blocks in 512-bit registers: lanes 0-7 hold block b, lanes 8-15 block b + 1.
+    __m512 acc2[R][C];
+    for (int i = 0; i < R; ++i)
+        for (int j = 0; j < C; ++j) acc2[i][j] = _mm512_setzero_ps();
+    const __m512i flip2 = _mm512_set1_epi8(char(0x80));
+    const __m128i low4 = _mm_set1_epi8(0x0f);
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        __m512i wu[R];
+        __m512 dw[R];
+        for (int i = 0; i < R; ++i) {
+            uint16_t d0, d1;
+            if constexpr (T == Type::Q8_0) {
+                const BlockQ8_0 *blk = reinterpret_cast<const BlockQ8_0 *>(w[i]) + b;
+                const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(blk[0].qs));
+                const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(blk[1].qs));
+                wu[i] = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1), flip2);
+                d0 = blk[0].d;
+                d1 = blk[1].d;
+            } else {
+                const BlockQ4_0 *blk = reinterpret_cast<const BlockQ4_0 *>(w[i]) + b;
+                const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(blk[0].qs));
+                const __m128i q1 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(blk[1].qs));
+                const __m256i n0 = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q0, 4), low4), _mm_and_si128(q0, low4));
+                const __m256i n1 = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q1, 4), low4), _mm_and_si128(q1, low4));
+                wu[i] = _mm512_inserti64x4(_mm512_castsi256_si512(n0), n1, 1);
+                d0 = blk[0].d;
+                d1 = blk[1].d;
+            }
+            dw[i] = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(_cvtsh_ss(d0))), _mm256_set1_ps(_cvtsh_ss(d1)), 1);
+        }
+        for (int j = 0; j < C; ++j) {
+            const __m512i xv = _mm512_loadu_si512(xq[j] + b * QK);
+            const __m512i init = _mm512_mask_set1_epi32(_mm512_maskz_set1_epi32(0x0001, -off * xs[j][b]), 0x0100, -off * xs[j][b + 1]);
+            const __m512 dx = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(xd[j][b])), _mm256_set1_ps(xd[j][b + 1]), 1);
+            for (int i = 0; i < R; ++i) {
+                const __m512i dot = _mm512_dpbusd_epi32(init, wu[i], xv);
+                acc2[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw[i], dx), acc2[i][j]);
+            }
+        }
+    }
     __m256 acc[R][C];
     for (int i = 0; i < R; ++i)
-        for (int j = 0; j < C; ++j) acc[i][j] = _mm256_setzero_ps();
+        for (int j = 0; j < C; ++j)
+            acc[i][j] = _mm256_add_ps(_mm512_castps512_ps256(acc2[i][j]), _mm512_extractf32x8_ps(acc2[i][j], 1));
     const __m256i flip = _mm256_set1_epi8(char(0x80));
-    const __m128i low4 = _mm_set1_epi8(0x0f);
-    for (int64_t b = 0; b < nb; ++b) {
+    for (; b < nb; ++b) {   // odd last block
         __m256i wu[R];
         __m256 dw[R];
         for (int i = 0; i < R; ++i) {

@@ -227,12 +227,15 @@ void rmsnorm(const float *x, const float *w, int64_t S, int64_t d, float eps, fl
 void rope(float *x, int64_t S, int64_t n_head, int64_t head_dim, const int32_t *pos, float theta,
           float freq_scale) {
     const int64_t half = head_dim / 2;
-    static thread_local std::vector<float> cs;   // [half] cos, then [half] sin, of one position
+    static thread_local std::vector<float> cs;      // [half] cos, then [half] sin, of one position
+    static thread_local std::vector<double> freq;   // [half] freq_scale * theta^(-2i/head_dim)
     if (int64_t(cs.size()) < 2 * half) cs.resize(size_t(2 * half));
+    if (int64_t(freq.size()) < half) freq.resize(size_t(half));
+    for (int64_t i = 0; i < half; ++i)
+        freq[size_t(i)] = double(freq_scale) * std::pow(double(theta), -2.0 * double(i) / double(head_dim));
     for (int64_t s = 0; s < S; ++s) {
         for (int64_t i = 0; i < half; ++i) {
-            const double ang = double(pos[s]) * double(freq_scale) *
-                               std::pow(double(theta), -2.0 * double(i) / double(head_dim));
+            const double ang = double(pos[s]) * freq[size_t(i)];
             cs[size_t(i)] = float(std::cos(ang));
             cs[size_t(half + i)] = float(std::sin(ang));
         }

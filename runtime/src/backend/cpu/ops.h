@@ -28,7 +28,8 @@ void dequantize_row(Type type, const void *src, float *dst, int64_t n);
 
 // Y[S, n] = X[S, k] @ W^T.  W: n rows of k elements each, stored as rows of `type`
 // (ggml: a tensor with ne0 = k, ne1 = n). Quantized types quantize X to the matching dot format
-// internally. Work is split over pool (may be null: run on the caller).
+// internally (q8 blocks of 32; k must then be a multiple of 32). Work is split over pool (may be
+// null: run on the caller). Results do not depend on the pool's size.
 void matmul(Type type, const void *W, int64_t n, int64_t k, const float *X, int64_t S, float *Y,
             ThreadPool *pool);
 
