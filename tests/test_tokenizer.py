@@ -49,6 +49,26 @@ STRESS = [
 ]
 
 
+def random_texts(n=400, seed=0):
+    """Random mixes of the hard cases: combining marks in any order, Hangul jamo, spaces of every
+    kind, apostrophes, digits, emoji parts, CJK, added-token text (fixed seed)."""
+    import random
+    rng = random.Random(seed)
+    pools = ["abcXYZ", "0123456789", " ", "  ", "\t\n\r", "'", "sStTmdlLrRvV", ".,!?;:-_()[]{}<>|",
+             "\u0300\u0301\u0308\u0323\u0327\u0331\u0345\u05b0\u093c", "\u00e9\u00c5\u1e69\u01d6",
+             "\u1100\u1161\u11a8\uac00\u1112", "\u00a0\u2003\u3000\u2028\u0085\u200b\ufeff",
+             "\u4e2d\u6587\u65e5\u672c", "\U0001F468\u200d\U0001F3FD\ufe0f\u20e3\U0001F1EB",
+             "\u0663\u00bd\u2460\u216b", "\u212b\u2126\ufb01\u0958", "\x00\x1c\x7f"]
+    out = []
+    for _ in range(n):
+        k = rng.randint(1, 40)
+        text = "".join(rng.choice(rng.choice(pools)) for _ in range(k))
+        if rng.random() < 0.1:
+            text = text[: k // 2] + "<|endoftext|>" + text[k // 2:]
+        out.append(text)
+    return out
+
+
 def write_dump(path, pre, tokens, types, merges, bos, eos, pad, cases):
     def s(b):
         return struct.pack("<I", len(b)) + b
@@ -91,7 +111,7 @@ def tokenizer_bin(tmp_path_factory):
     if cxx is None:
         pytest.skip("no C++ compiler")
     exe = tmp_path_factory.mktemp("tokbin") / "test_tokenizer"
-    cmd = [cxx, "-std=c++17", "-O2", "-I", str(ROOT / "runtime/include"), "-I", str(ROOT / "runtime/src"),
+    cmd = [cxx, "-std=c++17", "-O2", "-pthread", "-I", str(ROOT / "runtime/include"), "-I", str(ROOT / "runtime/src"),
            *[str(ROOT / f) for f in SOURCES], "-o", str(exe)]
     subprocess.run(cmd, check=True)
     return exe
@@ -111,7 +131,7 @@ def test_unit(tokenizer_bin):
 
 def neox_cases(tok):
     cases = []
-    for text in STRESS:
+    for text in STRESS + random_texts():
         cases.append((0, 1, text, tok.encode(text).ids))
     tok.encode_special_tokens = True  # HF's equivalent of parse_special = 0
     try:
@@ -156,7 +176,7 @@ def test_trained_bytelevel(tokenizer_bin, tmp_path):
     train_text = [t for t in STRESS if t] + ([CORPUS[0].read_text(encoding="utf-8")[:300_000]] if CORPUS else [])
     tok.train_from_iterator(train_text, trainer=trainer)
     tokens, types, merges = vocab_from_json(json.loads(tok.to_str()))
-    texts = STRESS + ([p.read_text(encoding="utf-8")[:200_000] for p in CORPUS])
+    texts = STRESS + random_texts(seed=1) + ([p.read_text(encoding="utf-8")[:200_000] for p in CORPUS])
     cases = [(0, 1, t, tok.encode(t).ids) for t in texts]
     write_dump(tmp_path / "trained.bin", "default", tokens, types, merges, -1, 0, -1, cases)
     run_bin(tokenizer_bin, tmp_path / "trained.bin")

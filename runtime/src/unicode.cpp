@@ -110,7 +110,6 @@ void gpt2_split(std::string_view text, std::vector<size_t> &ends) {
     size_t k = 0;
     while (k < n) {
         const uint32_t c = cps[k].cp;
-        const CharClass cc = cps[k].cls;
         size_t end = k + 1;
         // 's|'t|'re|'ve|'m|'ll|'d (case-sensitive, as GPT-2's regex)
         if (c == '\'' && k + 1 < n) {
@@ -132,7 +131,6 @@ void gpt2_split(std::string_view text, std::vector<size_t> &ends) {
             k = end;
             continue;
         }
-        (void)cc;
         // \s+(?!\S) | \s+ : a whitespace run leaves its last char to the next piece when a
         // non-space follows and the run is longer than one.
         end = k + 1;

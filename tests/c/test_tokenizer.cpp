@@ -6,6 +6,7 @@
 #include <cstring>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tokenizer.h"
@@ -240,6 +241,30 @@ static void test_stream() {
     CHECK(dec.push(256, out) == MOLE_STATUS_INVALID_ARGUMENT);
 }
 
+// Several threads share one tokenizer (and its word cache, which overflows and is cleared): each
+// must get what a fresh tokenizer gives on one thread.
+static void test_threads() {
+    std::unique_ptr<Tokenizer> shared, fresh;
+    CHECK(Tokenizer::create(tiny_data(), &shared) == MOLE_STATUS_OK);
+    CHECK(Tokenizer::create(tiny_data(), &fresh) == MOLE_STATUS_OK);
+    if (!shared || !fresh) return;
+    const int n_threads = 4, n_words = 50000;
+    std::vector<std::string> texts(n_threads);
+    for (int t = 0; t < n_threads; t++)
+        for (int i = 0; i < n_words; i++) texts[t] += " hello w" + std::to_string(t * n_words + i) + " world";
+    std::vector<std::vector<int32_t>> got(n_threads), want(n_threads);
+    std::vector<std::thread> pool;
+    for (int t = 0; t < n_threads; t++)
+        pool.emplace_back([&, t] { shared->encode(texts[t], false, true, got[t]); });
+    for (auto &th : pool) th.join();
+    for (int t = 0; t < n_threads; t++) {
+        fresh->encode(texts[t], false, true, want[t]);
+        CHECK(got[t] == want[t]);
+        std::string back;
+        CHECK(shared->decode(got[t].data(), got[t].size(), false, back) == MOLE_STATUS_OK && back == texts[t]);
+    }
+}
+
 // ---- parity with dumps written by tests/test_tokenizer.py ------------------------------------
 
 struct Reader {
@@ -293,7 +318,7 @@ static int run_dump(const char *path) {
         uint32_t n = r.u32();
         std::vector<int32_t> want(n);
         if (!r.ok || r.pos + 4ull * n > r.buf.size()) { r.ok = false; break; }
-        std::memcpy(want.data(), r.buf.data() + r.pos, 4ull * n);
+        if (n) std::memcpy(want.data(), r.buf.data() + r.pos, 4ull * n);
         r.pos += 4ull * n;
         std::vector<int32_t> got;
         auto t0 = std::chrono::steady_clock::now();
@@ -332,6 +357,7 @@ int main(int argc, char **argv) {
     test_tiny_bpe();
     test_errors();
     test_stream();
+    test_threads();
     int rc = g_failures ? 1 : 0;
     if (g_failures) std::fprintf(stderr, "unit tests: %d failures\n", g_failures);
     else std::printf("unit tests: ok\n");
