@@ -40,6 +40,9 @@ void quantize_rows_q8_portable(const float *X, int64_t s0, int64_t s1, const Q8R
 void quantize_rows_q8_avx2(const float *X, int64_t s0, int64_t s1, const Q8Rows &out);
 void quantize_rows_q8_avx512(const float *X, int64_t s0, int64_t s1, const Q8Rows &out);
 
+// dequantize_row with AVX2 (+F16C); same results as the portable code.
+void dequantize_row_avx2(Type type, const void *src, float *dst, int64_t n);
+
 // Vector helpers for attention: dot(a, b) over n; y += alpha * x over n.
 float dot_f32_avx2(const float *a, const float *b, int64_t n);
 void axpy_f32_avx2(float alpha, const float *x, float *y, int64_t n);

@@ -46,6 +46,7 @@ const char *type_name(Type type) {
 }
 
 void dequantize_row(Type type, const void *src, float *dst, int64_t n) {
+    if (active_isa() != Isa::Portable) return dequantize_row_avx2(type, src, dst, n);
     switch (type) {
     case Type::F32:
         std::copy_n(static_cast<const float *>(src), n, dst);
