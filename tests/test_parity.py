@@ -112,8 +112,10 @@ def test_greedy_64_tokens_identical(model_factory):
 
 
 # Stated tolerances (relative max error of logits vs float64 PyTorch with the unquantized weights).
-QUANT_CASES = [("f16", "f32", 2e-3), ("bf16", "f32", 2e-2), ("q8_0", "f32", 2e-2), ("q4_0", "f32", 1.5e-1),
-               ("f32", "f16", 5e-3), ("q8_0", "q8_0", 5e-2), ("q4_0", "f16", 1.5e-1)]
+# Measured on tiny_config seed 0 (f16 1.5e-4, bf16 8.7e-4, q8_0 2.6e-3, q4_0 4.4e-2, f16 weights
+# 4.6e-4, q8_0+q8_0 1.9e-2, q4_0+f16 4.3e-2); the bounds leave ~3x headroom.
+QUANT_CASES = [("f16", "f32", 5e-4), ("bf16", "f32", 3e-3), ("q8_0", "f32", 1e-2), ("q4_0", "f32", 1e-1),
+               ("f32", "f16", 1.5e-3), ("q8_0", "q8_0", 5e-2), ("q4_0", "f16", 1e-1)]
 
 
 @pytest.mark.parametrize("lut_type,weight_type,tol", QUANT_CASES)

@@ -60,6 +60,13 @@ Status MappedFile::open(const std::string &path, std::unique_ptr<MappedFile> *ou
         return set_error(err == ENOMEM ? MOLE_STATUS_OUT_OF_MEMORY : MOLE_STATUS_IO_ERROR, "%s: mmap failed: %s",
                          path.c_str(), std::strerror(err));
     }
+    // No readahead anywhere in the file: a fault (the header parse, a dense page after eviction)
+    // would otherwise read up to read_ahead_kb around it, spilling into the LUT. Dense weights are
+    // prefetched explicitly (advise_willneed) over exactly their range.
+    madvise(p, static_cast<size_t>(st.st_size), MADV_RANDOM);
+#if defined(POSIX_FADV_RANDOM)
+    posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+#endif
     std::unique_ptr<MappedFile> f(new MappedFile());
     f->path_ = path;
     f->data_ = static_cast<const uint8_t *>(p);

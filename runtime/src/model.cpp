@@ -291,13 +291,13 @@ Status load_model(const std::string &path, const LoadOptions &opts, std::unique_
     if (Status s = load_tokenizer(*m)) return s;
     if (opts.check_tensors)
         if (Status s = scan_tensors(*m)) return s;
-    // Dense weights are read in place: start paging them in. The LUT is only ever read row by
-    // row: no readahead around its faults, and it is never prefetched.
+    // Dense weights are read in place: page them in now, over exactly their range (the whole
+    // mapping is MADV_RANDOM, so nothing is read around faults). The LUT is only ever read row by
+    // row and is never prefetched; its first page is left out when it shares one with dense data.
     uint64_t dense_end = m->hp.n_expert > 0 ? m->lut.offset : m->file->size();
     uint64_t ps = page_size();
-    uint64_t dense_end_page = dense_end / ps * ps;   // leave the LUT's first page alone
-    if (dense_end_page > m->gguf.data_offset())
-        m->file->advise_willneed(m->gguf.data_offset(), dense_end_page - m->gguf.data_offset());
+    uint64_t dense_end_page = m->hp.n_expert > 0 ? dense_end / ps * ps : dense_end;
+    if (dense_end_page > 0) m->file->advise_willneed(0, dense_end_page);
     if (m->hp.n_expert > 0) m->file->advise_random(m->lut.offset, m->lut.nbytes);
     *out = std::move(m);
     return MOLE_STATUS_OK;
