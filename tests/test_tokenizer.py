@@ -225,3 +225,33 @@ def test_api_tiny_tokenizer_parity(model_factory):
         assert m.metadata["tokenizer.ggml.pre"] == "default"
         for text in STRESS:
             assert m.tokenize(text, special=True) == tok.encode(text).ids, text[:80]
+
+
+def test_api_stream_decoder(neox_model):
+    """mole_decoder_*: pieces are complete UTF-8 even when a character spans several byte tokens;
+    an unfinished character becomes U+FFFD on flush."""
+    from mole import _ffi
+    m = neox_model
+    ffi, lib = m._L.ffi, m._lib
+    dec = ffi.new("struct mole_decoder **")
+    _ffi.check(lib.mole_decoder_new(m._live_model(), dec))
+    decoder = ffi.gc(dec[0], lib.mole_decoder_free)
+
+    def push(t):
+        buf, n = _ffi.call_sized(lib.mole_decoder_push, decoder, t, initial=1)
+        return ffi.unpack(buf, n)
+
+    def flush():
+        buf, n = _ffi.call_sized(lib.mole_decoder_flush, decoder, initial=1)
+        return ffi.unpack(buf, n)
+
+    text = "a👨‍👩‍👧 👍🏽 中文 café"
+    ids = m.tokenize(text)
+    assert len(ids) > len(text) // 2  # emoji come as several byte tokens
+    pieces = [push(t) for t in ids]
+    assert all(p.decode("utf-8") is not None for p in pieces)  # each piece decodes alone
+    assert b"".join(pieces) + flush() == text.encode()
+    tok = tokenizers.Tokenizer.from_file(str(NEOX_JSON))
+    assert push(tok.token_to_id("ð")) == b""  # 0xF0: a 4-byte lead, held back
+    assert flush() == "\ufffd".encode()
+    assert push(tok.token_to_id("Ã")) == b"" and push(tok.token_to_id("a")) == "\ufffda".encode()
