@@ -1,7 +1,7 @@
 // bench_ops: times the CPU matmul on the 160M model's shapes for every weight type, ISA path and
 // thread count (median of repeats), and a plain stream-read loop for the machine's memory bandwidth.
 // Usage: bench_ops [--types f32,q8_0] [--isa portable,avx2,avx512] [--threads 1,2] [--S 1,512]
-//                  [--reps 5] [--cold-mb 600] [--max-s 3]
+//                  [--reps 5] [--cold-mb 600] [--max-s 3] [--shapes attn,up,down,output]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -103,7 +103,8 @@ double stream_read(const uint8_t *buf, int64_t bytes, ThreadPool &pool, int reps
 }  // namespace
 
 int main(int argc, char **argv) {
-    std::vector<std::string> types{"f32", "f16", "bf16", "q8_0", "q4_0"}, isa_list, thread_list{"1", "2"}, s_list{"1", "512"};
+    std::vector<std::string> types{"f32", "f16", "bf16", "q8_0", "q4_0"}, isa_list, thread_list{"1", "2"}, s_list{"1", "512"},
+        shape_list{"attn", "up", "down", "output"};
     int reps = 5;
     double cold_mb = 600.0, max_s = 3.0;
     for (Isa i = Isa::Portable; int(i) <= int(best_isa()); i = Isa(int(i) + 1)) isa_list.push_back(isa_name(i));
@@ -118,12 +119,17 @@ int main(int argc, char **argv) {
         else if (a == "--reps") reps = std::max(1, std::atoi(v));
         else if (a == "--cold-mb") cold_mb = std::atof(v);
         else if (a == "--max-s") max_s = std::atof(v);
+        else if (a == "--shapes") shape_list = split(v);
         else { std::fprintf(stderr, "bench_ops: unknown option %s\n", a.c_str()); return 2; }
         ++i;
     }
-    struct Shape { int64_t k, n; const char *what; };
-    const Shape shapes[] = {{768, 768, "attn q/k/v/o"}, {768, 3072, "ffn_up"}, {3072, 768, "ffn_down"},
-                            {768, 50304, "output"}};
+    struct Shape { int64_t k, n; const char *what; };   // W is [n rows, k]: k inputs -> n outputs
+    const Shape shapes[] = {{768, 768, "attn"}, {768, 3072, "up"}, {3072, 768, "down"}, {768, 50304, "output"}};
+    for (auto &name : shape_list)
+        if (std::none_of(std::begin(shapes), std::end(shapes), [&](const Shape &sh) { return name == sh.what; })) {
+            std::fprintf(stderr, "bench_ops: unknown shape '%s' (attn, up, down, output)\n", name.c_str());
+            return 2;
+        }
 
     int max_threads = 1;
     for (auto &t : thread_list) max_threads = std::max(max_threads, std::atoi(t.c_str()));
@@ -153,6 +159,7 @@ int main(int argc, char **argv) {
                 "GB/s", "GFLOP/s", "cpu%", "%bw");
 
     for (const Shape &sh : shapes) {
+        if (std::find(shape_list.begin(), shape_list.end(), std::string(sh.what)) == shape_list.end()) continue;
         for (const std::string &tn : types) {
             Type t;
             if (tn == "f32") t = Type::F32;
