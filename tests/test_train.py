@@ -19,15 +19,15 @@ def text_file(tmp_path_factory):
     return path
 
 
-def run(out, text_file, *extra):
-    argv = ["--data", str(text_file), "--out", str(out), "--preset", "tiny", "--threads", "1", "--quiet",
+def run(out, files, *extra):
+    argv = ["--data", *map(str, files), "--out", str(out), "--preset", "tiny", "--threads", "1", "--quiet",
             "--eval-every", "4", "--save-every", "4", *extra]
     assert main(argv) == 0
     return json.loads((out / "train_log.json").read_text())
 
 
 def test_loss_falls_and_output_is_a_checkpoint(tmp_path, text_file):
-    log = run(tmp_path, text_file, "--steps", "16")
+    log = run(tmp_path, [text_file], "--steps", "16")
     evals = log["evals"]
     assert [e["step"] for e in evals] == [0, 4, 8, 12, 16]
     assert evals[-1]["loss"] < evals[0]["loss"] - 0.5
@@ -42,11 +42,11 @@ def test_loss_falls_and_output_is_a_checkpoint(tmp_path, text_file):
 
 
 def test_resume_continues_like_an_uninterrupted_run(tmp_path, text_file):
-    straight = run(tmp_path / "a", text_file, "--steps", "12")
-    run(tmp_path / "b", text_file, "--steps", "12", "--stop-after", "8")
+    straight = run(tmp_path / "a", [text_file], "--steps", "12")
+    run(tmp_path / "b", [text_file], "--steps", "12", "--stop-after", "8")
     state = torch.load(tmp_path / "b" / "train_state.pt", weights_only=True)
     assert state["step"] == 8
-    resumed = run(tmp_path / "b", text_file, "--steps", "12", "--resume")
+    resumed = run(tmp_path / "b", [text_file], "--steps", "12", "--resume")
     assert resumed["resumed_from"] == 8 and resumed["steps"] == 12
     assert resumed["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-5)
     a = load_file(tmp_path / "a" / "model.safetensors")
@@ -55,14 +55,19 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path, text_file):
         assert torch.allclose(a[name], b[name], atol=1e-6), name
 
 
-def test_dense_run(tmp_path, text_file):
-    run(tmp_path, text_file, "--steps", "4", "--experts", "0", "--precision", "fp32")
-    ckpt = load_checkpoint(tmp_path)
+def test_dense_run_with_per_file_eval(tmp_path, text_file):
+    other = tmp_path / "other.txt"
+    other.write_text("Numbers remember what people forget.\n" * 200)
+    log = run(tmp_path / "out", [text_file, other], "--steps", "4", "--experts", "0", "--precision", "fp32")
+    ckpt = load_checkpoint(tmp_path / "out")
     assert ckpt.form == "dense" and ckpt.config.num_experts == 0
+    by_file = log["final_bpb_by_file"]
+    assert set(by_file) == {"text.txt", "other.txt"}
+    assert min(by_file.values()) < log["final_bpb"] < max(by_file.values())
 
 
 def test_time_limit_still_leaves_a_checkpoint(tmp_path, text_file):
-    log = run(tmp_path, text_file, "--steps", "1000", "--time-limit", "0")
+    log = run(tmp_path, [text_file], "--steps", "1000", "--time-limit", "0")
     assert log["steps"] == 0 and [e["step"] for e in log["evals"]] == [0]
     assert load_checkpoint(tmp_path).form == "training"
 

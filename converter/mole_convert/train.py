@@ -30,8 +30,8 @@ PRESETS = {
                   num_attention_heads=4, num_key_value_heads=2, num_experts=4, seq_len=128, batch_size=16,
                   steps=600, lr=2e-3, warmup=30, eval_every=100, log_every=10, save_every=200),
     "demo": dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                 num_attention_heads=4, num_key_value_heads=4, num_experts=4, seq_len=256, batch_size=16,
-                 steps=3000, lr=1.5e-3, warmup=100, eval_every=250, log_every=10, save_every=250),
+                 num_attention_heads=4, num_key_value_heads=4, num_experts=4, seq_len=128, batch_size=16,
+                 steps=1500, lr=2e-3, warmup=50, eval_every=500, log_every=10, save_every=250),
 }
 MODEL_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "num_experts")
@@ -86,10 +86,10 @@ def parse_args(argv):
     return args
 
 
-def read_texts(args) -> tuple[list[str], str]:
-    """(training texts, held-out text). Without --eval-file the last eval_fraction of each file, cut at a
-    line break, is held out."""
-    train, held = [], []
+def read_texts(args) -> tuple[list[str], dict[str, str]]:
+    """(training texts, {file name: held-out text}). Without --eval-file the last eval_fraction of each
+    file, cut at a line break, is held out."""
+    train, held = [], {}
     for path in args.data:
         if not path.is_file():
             raise FileNotFoundError(f"training file not found: {path}")
@@ -101,13 +101,14 @@ def read_texts(args) -> tuple[list[str], str]:
         nl = text.find("\n", cut)
         cut = nl + 1 if 0 <= nl < len(text) - 1 else cut
         train.append(text[:cut])
-        held.append(text[cut:])
+        held[path.name if path.name not in held else str(path)] = text[cut:]
     if args.eval_file is not None:
-        held = [args.eval_file.read_text(encoding="utf-8")]
-    held_text = "\n".join(held)
-    if not any(t.strip() for t in train) or not held_text.strip():
+        if not args.eval_file.is_file():
+            raise FileNotFoundError(f"eval file not found: {args.eval_file}")
+        held = {args.eval_file.name: args.eval_file.read_text(encoding="utf-8")}
+    if not any(t.strip() for t in train) or not any(t.strip() for t in held.values()):
         raise ValueError("not enough text: training and held-out parts must both be non-empty")
-    return train, held_text
+    return train, held
 
 
 def _chunks(text: str, size: int = 1 << 16) -> list[str]:
@@ -152,27 +153,42 @@ def autocast(args):
 
 
 @torch.no_grad()
-def evaluate(model, data: torch.Tensor, n_bytes: int, args) -> dict:
-    """Mean next-token loss (nats) over non-overlapping windows of the held-out ids, and bits per byte
-    (total nats / ln 2 / UTF-8 bytes of the text the evaluated tokens cover)."""
-    model.eval()
-    if args.eval_tokens:
-        data = data[:args.eval_tokens + 1]
+def _eval_nats(model, data: torch.Tensor, args) -> tuple[float, int]:
+    """Summed next-token loss (nats) over non-overlapping windows of data [T], and the tokens predicted."""
     S = args.seq_len
     windows = [data[s:s + S + 1].long() for s in range(0, len(data) - 1, S)]  # each [<= S+1]
-    total, count = 0.0, 0
     full = [w for w in windows if len(w) == S + 1]
     batches = [torch.stack(full[i:i + args.batch_size]) for i in range(0, len(full), args.batch_size)]
     batches += [w[None] for w in windows if len(w) != S + 1]  # the ragged tail, alone
+    total, count = 0.0, 0
     for win in batches:  # [b, <= S+1]
         with autocast(args):
             logits = model(win[:, :-1])
         total += F.cross_entropy(logits.float().flatten(0, 1), win[:, 1:].flatten(), reduction="sum").item()
         count += win[:, 1:].numel()
+    return total, count
+
+
+def evaluate(model, held: dict[str, tuple[torch.Tensor, int]], args) -> dict:
+    """Held-out loss (nats/token) and bits per byte (nats / ln 2 / UTF-8 bytes), overall and per file.
+    held: name -> (ids [T], bytes of its text). With --eval-tokens, each file's first tokens are used and
+    its bytes are prorated."""
+    model.eval()
+    files, nats, toks, nbytes = {}, 0.0, 0, 0.0
+    for name, (ids, n_bytes) in held.items():
+        if args.eval_tokens and len(ids) > args.eval_tokens + 1:
+            n_bytes = n_bytes * args.eval_tokens / (len(ids) - 1)
+            ids = ids[:args.eval_tokens + 1]
+        total, count = _eval_nats(model, ids, args)
+        files[name] = {"loss": total / count, "bpb": total / math.log(2) / n_bytes}
+        nats, toks, nbytes = nats + total, toks + count, nbytes + n_bytes
     model.train()
-    loss = total / count
-    covered = n_bytes * count / (len(data) - 1) if args.eval_tokens else n_bytes
-    return {"loss": loss, "bpb": total / math.log(2) / covered, "tokens": count}
+    return {"loss": nats / toks, "bpb": nats / math.log(2) / nbytes, "tokens": toks, "files": files}
+
+
+def _fmt_eval(step: int, ev: dict) -> str:
+    per = ", ".join(f"{n} {f['bpb']:.3f}" for n, f in ev["files"].items()) if len(ev["files"]) > 1 else ""
+    return f"step {step}: eval loss {ev['loss']:.4f}, {ev['bpb']:.3f} bits/byte" + (f" ({per})" if per else "")
 
 
 def build_tokenizer(args, train_texts):
@@ -212,16 +228,17 @@ def main(argv=None) -> int:
             args.eval_file = pathlib.Path(saved["eval_file"])
     args.out.mkdir(parents=True, exist_ok=True)
 
-    train_texts, held_text = read_texts(args)
+    train_texts, held_texts = read_texts(args)
     tok = build_tokenizer(args, train_texts)
     if tok.token_to_id(ENDOFTEXT) != 0:
         raise ValueError(f"tokenizer must have {ENDOFTEXT} at id 0")
-    train_ids, held_ids = encode(tok, train_texts), encode(tok, [held_text])
-    if len(train_ids) < args.seq_len + 2 or len(held_ids) < 2:
+    train_ids = encode(tok, train_texts)
+    held = {name: (encode(tok, [t]), len(t.encode("utf-8"))) for name, t in held_texts.items() if t.strip()}
+    if len(train_ids) < args.seq_len + 2:
         raise ValueError(f"text too short: {len(train_ids)} training tokens for windows of {args.seq_len}")
-    n_held_bytes = len(held_text.encode("utf-8"))
-    say(args, f"data: {len(train_ids)} training tokens, {len(held_ids)} held-out tokens "
-              f"({n_held_bytes / max(1, len(held_ids) - 1):.2f} bytes/token)")
+    n_held_tokens, n_held_bytes = sum(len(i) - 1 for i, _ in held.values()), sum(b for _, b in held.values())
+    say(args, f"data: {len(train_ids)} training tokens, {n_held_tokens} held-out tokens "
+              f"({n_held_bytes / max(1, n_held_tokens):.2f} bytes/token)")
 
     config = MoleConfig(**{k: getattr(args, k) for k in MODEL_KEYS}, max_position_embeddings=max(2048, args.seq_len),
                         rms_norm_eps=1e-5, rope_theta=10000.0, bos_token_id=0, eos_token_id=0)
@@ -258,9 +275,9 @@ def main(argv=None) -> int:
         os.replace(tmp, state_path)
 
     if step == 0:
-        ev = evaluate(model, held_ids, n_held_bytes, args)
+        ev = evaluate(model, held, args)
         history["eval"].append({"step": 0, **ev})
-        say(args, f"step 0: eval loss {ev['loss']:.4f}, {ev['bpb']:.3f} bits/byte")
+        say(args, _fmt_eval(0, ev))
     model.train()
     t_loop, tokens_done = time.time(), 0
     stop_at = min(args.steps, args.stop_after or args.steps)
@@ -289,20 +306,21 @@ def main(argv=None) -> int:
             say(args, f"step {step}/{args.steps}: loss {loss.item():.4f}, lr {lr:.2e}, {tps:.0f} tok/s, "
                       f"ETA {eta / 60:.1f} min")
         if step % args.eval_every == 0 or step == stop_at:
-            ev = evaluate(model, held_ids, n_held_bytes, args)
+            ev = evaluate(model, held, args)
             history["eval"].append({"step": step, **ev})
-            say(args, f"step {step}: eval loss {ev['loss']:.4f}, {ev['bpb']:.3f} bits/byte")
+            say(args, _fmt_eval(step, ev))
         if step % args.save_every == 0 and step < stop_at:
             save()
 
     if history["eval"][-1]["step"] != step:  # stopped by the time limit, or nothing was left to do
-        ev = evaluate(model, held_ids, n_held_bytes, args)
+        ev = evaluate(model, held, args)
         history["eval"].append({"step": step, **ev})
-        say(args, f"step {step}: eval loss {ev['loss']:.4f}, {ev['bpb']:.3f} bits/byte")
+        say(args, _fmt_eval(step, ev))
     save()
     final = history["eval"][-1]
     wall = time.time() - t_start
     log = {"steps": step, "resumed_from": resumed_from, "final_eval_loss": final["loss"], "final_bpb": final["bpb"],
+           "final_bpb_by_file": {n: f["bpb"] for n, f in final["files"].items()},
            "eval_tokens": final["tokens"], "held_out_bytes": n_held_bytes, "wall_time_s": wall,
            "tokens_per_s": tokens_done / max(time.time() - t_loop, 1e-9) if tokens_done else None,
            "parameters": n_params, "config": config.to_hf_dict(), "preset": args.preset,
