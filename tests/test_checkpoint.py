@@ -100,6 +100,25 @@ def test_pytorch_model_bin_with_legacy_rotary_buffers(tmp_path):
     assert torch.equal(ckpt.get("model.moe_table.weight"), sd["model.moe_table.weight"].half().float())
 
 
+@pytest.mark.parametrize("storage", ["safetensors", "bin"])
+def test_get_rows_reads_a_row_range(tmp_path, storage):
+    cfg = tiny_config()
+    make_random_checkpoint(tmp_path, cfg, seed=8, form="reparam", dtype=torch.bfloat16, tokenizer=None)
+    if storage == "bin":
+        sd = load_file(tmp_path / "model.safetensors")
+        (tmp_path / "model.safetensors").unlink()
+        torch.save(sd, tmp_path / "pytorch_model.bin")
+    ckpt = load_checkpoint(tmp_path)
+    full = ckpt.get("model.moe_table.weight")
+    assert torch.equal(ckpt.get_rows("model.moe_table.weight", 100, 137), full[100:137])
+    assert ckpt.get_rows("model.moe_table.weight", 5, 5).shape == (0, full.shape[1])
+    assert ckpt.get_rows("model.moe_table.weight", 0, 2, None).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="row range"):
+        ckpt.get_rows("model.moe_table.weight", 500, 513)
+    with pytest.raises(ValueError, match="row range"):
+        ckpt.get_rows("model.norm.weight", 0, 1)
+
+
 def test_get_keeps_no_mapping_of_the_file(tmp_path):
     make_random_checkpoint(tmp_path, tiny_config(), seed=5)
     ckpt = load_checkpoint(tmp_path)

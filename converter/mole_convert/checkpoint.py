@@ -162,7 +162,27 @@ class Checkpoint:
             del sd
         return t if dtype is None or t.dtype == dtype else t.to(dtype)
 
+    def get_rows(self, name: str, start: int, stop: int, dtype=torch.float32) -> torch.Tensor:
+        """Rows [start, stop) of a 2-D tensor (e.g. moe_table [V, L*N*d]) -> [stop-start, n], reading only those
+        bytes from safetensors (.bin: the rows are copied out of a mapping of the file)."""
+        rec = self._lookup(name)
+        shape = _shape_of(rec)
+        if len(shape) != 2 or not 0 <= start <= stop <= shape[0]:
+            raise ValueError(f"tensor '{name}' {list(shape)}: bad row range [{start}, {stop})")
+        if rec[0] == "st":
+            code, _, offset, _ = rec[2]
+            row = shape[1] * _ST_DTYPES[code][1]
+            t = _read_safetensors_tensor(rec[1], (code, (stop - start, shape[1]), offset + start * row,
+                                                  (stop - start) * row))
+        else:
+            sd = _torch_load(rec[1])
+            t = sd[name][start:stop].clone()
+            del sd
+        return t if dtype is None or t.dtype == dtype else t.to(dtype)
+
     def _lookup(self, name):
+        """The index record: ("st", path, (dtype code, shape, absolute offset, nbytes)) or
+        ("bin", path, shape, torch dtype)."""
         try:
             return self._index[name]
         except KeyError:
