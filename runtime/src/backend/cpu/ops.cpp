@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <vector>
 
 #include "backend/cpu/kernels.h"
@@ -173,10 +174,11 @@ void matmul(Type type, const void *W, int64_t n, int64_t k, const float *X, int6
                                         : quantize_rows_q8_portable;
         if (nt > 1 && S >= 4) {
             const int64_t per = (S + nt - 1) / nt;
-            pool->parallel_for(nt, [&](int64_t t, int) {
+            auto qrun = [&](int64_t t, int) {
                 const int64_t s0 = t * per, s1 = std::min(S, s0 + per);
                 if (s0 < s1) quant(X, s0, s1, a.xq);
-            });
+            };
+            pool->parallel_for(nt, std::ref(qrun));
         } else {
             quant(X, 0, S, a.xq);
         }
@@ -205,7 +207,7 @@ void matmul(Type type, const void *W, int64_t n, int64_t k, const float *X, int6
         tile(a, r0, r1, s0, s1);
     };
     if (pool && nt > 1 && n_tasks > 1) {
-        pool->parallel_for(n_tasks, run);
+        pool->parallel_for(n_tasks, std::ref(run));
     } else {
         for (int64_t t = 0; t < n_tasks; ++t) run(t, 0);
     }
@@ -350,7 +352,7 @@ void attention(const float *q, const float *k, const float *v, int64_t kv_stride
         }
     };
     const int64_t n_tasks = n_head * q_chunks;
-    if (pool && pool->size() > 1) pool->parallel_for(n_tasks, run);
+    if (pool && pool->size() > 1) pool->parallel_for(n_tasks, std::ref(run));
     else for (int64_t t = 0; t < n_tasks; ++t) run(t, 0);
 }
 

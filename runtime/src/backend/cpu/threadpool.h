@@ -16,7 +16,8 @@ public:
 
     int size() const { return n_threads_; }
     // Runs fn(task, thread) for task in [0, n_tasks), spread over the threads; returns when all
-    // are done. thread is in [0, size()). Not reentrant.
+    // are done. thread is in [0, size()). Not reentrant. Pass a lambda as std::ref(lambda) so the
+    // std::function does not allocate on every call.
     void parallel_for(int64_t n_tasks, const std::function<void(int64_t task, int thread)> &fn);
 
 private:
