@@ -31,7 +31,7 @@ PRESETS = {
                   steps=600, lr=2e-3, warmup=30, eval_every=100, log_every=10, save_every=200),
     "demo": dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                  num_attention_heads=4, num_key_value_heads=4, num_experts=4, seq_len=128, batch_size=16,
-                 steps=1500, lr=2e-3, warmup=50, eval_every=500, log_every=10, save_every=250),
+                 steps=1500, lr=2e-3, warmup=50, eval_every=500, log_every=10, save_every=250, time_limit=55.0),
 }
 MODEL_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "num_experts")
@@ -49,7 +49,8 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, help="total optimizer steps (also the end of the cosine schedule)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     p.add_argument("--stop-after", type=int, help="stop (and save) after this step; the schedule still ends at --steps")
-    p.add_argument("--time-limit", type=float, help="stop (and save) after this many minutes of training")
+    p.add_argument("--time-limit", type=float,
+                   help="minutes: the lr schedule ends and training stops (and saves) by then, counting resumed time")
     p.add_argument("--eval-file", type=pathlib.Path,
                    help="held-out text; default: the last --eval-fraction of each --data file")
     p.add_argument("--eval-fraction", type=float, default=0.02)
@@ -132,11 +133,16 @@ def encode(tok, texts: list[str]) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.int32)
 
 
-def lr_at(step: int, args) -> float:
-    """Linear warmup to args.lr, then cosine decay to args.lr * min_lr_ratio at args.steps."""
+def lr_at(step: int, args, elapsed_s: float = 0.0) -> float:
+    """Linear warmup to args.lr, then cosine decay to args.lr * min_lr_ratio. Progress is step/steps, or,
+    with --time-limit, the elapsed fraction of the time limit when that is further along, so the rate has
+    decayed when the time runs out whatever the machine's speed."""
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
-    progress = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
+    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+    if args.time_limit:
+        progress = max(progress, elapsed_s / (args.time_limit * 60))
+    progress = min(1.0, progress)
     min_lr = args.lr * args.min_lr_ratio
     return min_lr + 0.5 * (args.lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
@@ -248,13 +254,14 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
     gen = torch.Generator().manual_seed(args.seed)
-    step, history = 0, {"train": [], "eval": []}
+    step, history, prior_elapsed = 0, {"train": [], "eval": []}, 0.0  # prior_elapsed: earlier sessions' seconds
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])
         step, history = state["step"], state["history"]
+        prior_elapsed = state["elapsed_s"]
         say(args, f"resumed from step {step}")
     resumed_from = step
     n_params = sum(p.numel() for p in model.parameters())
@@ -268,6 +275,7 @@ def main(argv=None) -> int:
         tmp = state_path.with_suffix(".pt.tmp")
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": gen.get_state(),
                     "torch_rng": torch.get_rng_state(), "step": step, "history": history,
+                    "elapsed_s": prior_elapsed + time.time() - t_start,
                     "args": {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()
                              if k not in ("data", "eval_file")} | {
                         "data": [str(p) for p in args.data],
@@ -282,10 +290,11 @@ def main(argv=None) -> int:
     t_loop, tokens_done = time.time(), 0
     stop_at = min(args.steps, args.stop_after or args.steps)
     while step < stop_at:
-        if args.time_limit is not None and time.time() - t_start > args.time_limit * 60:
+        elapsed = prior_elapsed + time.time() - t_start
+        if args.time_limit is not None and elapsed > args.time_limit * 60:
             say(args, f"time limit of {args.time_limit} min reached at step {step}")
             break
-        lr = lr_at(step, args)
+        lr = lr_at(step, args, elapsed)
         for group in opt.param_groups:
             group["lr"] = lr
         x, y = get_batch(train_ids, args, gen)
@@ -302,7 +311,9 @@ def main(argv=None) -> int:
         if step % args.log_every == 0 or step == args.steps:
             elapsed = time.time() - t_loop
             tps = tokens_done / max(elapsed, 1e-9)
-            eta = (args.steps - step) * x.numel() / max(tps, 1e-9)
+            eta = (stop_at - step) * x.numel() / max(tps, 1e-9)
+            if args.time_limit is not None:
+                eta = min(eta, max(0.0, args.time_limit * 60 - (prior_elapsed + time.time() - t_start)))
             say(args, f"step {step}/{args.steps}: loss {loss.item():.4f}, lr {lr:.2e}, {tps:.0f} tok/s, "
                       f"ETA {eta / 60:.1f} min")
         if step % args.eval_every == 0 or step == stop_at:
