@@ -2,7 +2,6 @@
 and a tiny byte-level BPE tokenizer. Everything is deterministic for a given seed; nothing is downloaded."""
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import pathlib
@@ -107,7 +106,3 @@ def make_random_checkpoint(directory, config: MoleConfig, seed: int = 0, form: s
         raise ValueError(f"tokenizer must be 'tiny', 'neox' or None, got {tokenizer!r}")
     return save_checkpoint(model, config, directory, tokenizer_json=tok, chat_template=chat_template, dtype=dtype)
 
-
-def with_overrides(config: MoleConfig, **changes) -> MoleConfig:
-    """A copy of config with some fields changed (validated)."""
-    return dataclasses.replace(config, **changes)
