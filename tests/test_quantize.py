@@ -26,7 +26,9 @@ def hard_rows() -> np.ndarray:
     special[4] = rng.standard_normal(n) * np.float32(6e4)                # near the f16 limit
     special[5, :32] = np.arange(32, dtype=np.float32) - np.float32(15.5)  # q8_0: d=..., .5 ties
     special[5, 32:64] = np.float32(127.0)
-    special[5, 64:96] = (np.arange(32) % 2) * np.float32(-127) + np.float32(63.5)  # amax 127 -> d 1, ties k+.5
+    special[5, 64:96] = np.arange(32, dtype=np.float32) - np.float32(15.5)  # q8_0 exact ties: with amax 127,
+    special[5, 64] = np.float32(127.0)                                   # d = 1 and x*id = k + 0.5
+    special[5, 96:128] = -special[5, 64:96]
     special[6, :32] = np.linspace(-8, 8, 32, dtype=np.float32)          # q4_0: max 8 -> scale exactly -1
     special[6, 32:64] = np.linspace(-8, 7, 32, dtype=np.float32)        # negative largest value
     special[7, :32] = np.float32(3.0)
