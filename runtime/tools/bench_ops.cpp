@@ -169,6 +169,7 @@ int main(int argc, char **argv) {
             else if (tn == "q4_0") t = Type::Q4_0;
             else { std::fprintf(stderr, "bench_ops: unknown type '%s'\n", tn.c_str()); return 2; }
             const int64_t wbytes = sh.n * row_bytes(t, sh.k);
+            if (wbytes > int64_t(buf.size())) buf.resize(size_t(wbytes));   // one copy at least
             const int64_t copies = std::max<int64_t>(1, pool_bytes / wbytes);
             fill(t, buf.data(), copies * wbytes, rng);
             for (const std::string &S_s : s_list) {

@@ -6,6 +6,12 @@
 
 #include "backend/cpu/kernels.h"
 
+// GCC 12 reports its own _mm512_undefined_* helpers inside the intrinsic headers as uninitialized.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 namespace mole::cpu {
 
 namespace {
@@ -88,20 +94,20 @@ template <Type T, int R, int C> void tile_quant(const MatmulArgs &a, int64_t r, 
     for (int i = 0; i < R; ++i)
         for (int j = 0; j < C; ++j) acc2[i][j] = _mm512_setzero_ps();
     const __m512i flip2 = _mm512_set1_epi8(char(0x80));
+    const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     const __m128i low4 = _mm_set1_epi8(0x0f);
     int64_t b = 0;
     for (; b + 2 <= nb; b += 2) {
         __m512i wu[R];
         __m512 dw[R];
         for (int i = 0; i < R; ++i) {
-            uint16_t d0, d1;
+            uint32_t d01;   // the two blocks' f16 scales, converted together
             if constexpr (T == Type::Q8_0) {
                 const BlockQ8_0 *blk = reinterpret_cast<const BlockQ8_0 *>(w[i]) + b;
                 const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(blk[0].qs));
                 const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(blk[1].qs));
                 wu[i] = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1), flip2);
-                d0 = blk[0].d;
-                d1 = blk[1].d;
+                d01 = uint32_t(blk[0].d) | (uint32_t(blk[1].d) << 16);
             } else {
                 const BlockQ4_0 *blk = reinterpret_cast<const BlockQ4_0 *>(w[i]) + b;
                 const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(blk[0].qs));
@@ -109,15 +115,16 @@ template <Type T, int R, int C> void tile_quant(const MatmulArgs &a, int64_t r, 
                 const __m256i n0 = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q0, 4), low4), _mm_and_si128(q0, low4));
                 const __m256i n1 = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q1, 4), low4), _mm_and_si128(q1, low4));
                 wu[i] = _mm512_inserti64x4(_mm512_castsi256_si512(n0), n1, 1);
-                d0 = blk[0].d;
-                d1 = blk[1].d;
+                d01 = uint32_t(blk[0].d) | (uint32_t(blk[1].d) << 16);
             }
-            dw[i] = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(_cvtsh_ss(d0))), _mm256_set1_ps(_cvtsh_ss(d1)), 1);
+            // [d0, d1, ..] -> [d0 x 8, d1 x 8]
+            dw[i] = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128(int(d01)))));
         }
         for (int j = 0; j < C; ++j) {
             const __m512i xv = _mm512_loadu_si512(xq[j] + b * QK);
             const __m512i init = _mm512_mask_set1_epi32(_mm512_maskz_set1_epi32(0x0001, -off * xs[j][b]), 0x0100, -off * xs[j][b + 1]);
-            const __m512 dx = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(xd[j][b])), _mm256_set1_ps(xd[j][b + 1]), 1);
+            const __m512 dx = _mm512_permutexvar_ps(
+                spread, _mm512_castps128_ps512(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(xd[j] + b)))));
             for (int i = 0; i < R; ++i) {
                 const __m512i dot = _mm512_dpbusd_epi32(init, wu[i], xv);
                 acc2[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw[i], dx), acc2[i][j]);
