@@ -170,7 +170,10 @@ template <Type T, int R, int C> inline void kern(const MatmulArgs &a, int64_t r,
     else tile_float<T, R, C>(a, r, s);
 }
 
-constexpr int kR = 4, kC = 4;
+// Float tiles: 6 W rows x 4 X rows = 24 accumulators (+ 6 W + 1 X of the 32 zmm registers), so
+// each X load from L2 feeds 6 FMAs. Quant tiles: 4 x 4 (their scales need registers too).
+constexpr int kC = 4;
+template <Type T> constexpr int rows_per_tile() { return (T == Type::Q8_0 || T == Type::Q4_0) ? 4 : 6; }
 
 template <Type T, int R> void rows(const MatmulArgs &a, int64_t r, int64_t s0, int64_t s1) {
     int64_t s = s0;
@@ -184,8 +187,21 @@ template <Type T, int R> void rows(const MatmulArgs &a, int64_t r, int64_t s0, i
 }
 
 template <Type T> void run(const MatmulArgs &a, int64_t r0, int64_t r1, int64_t s0, int64_t s1) {
+    constexpr int R = rows_per_tile<T>();
     int64_t r = r0;
-    for (; r + kR <= r1; r += kR) rows<T, kR>(a, r, s0, s1);
+    if (s1 - s0 == 1) {
+        for (; r + 4 <= r1; r += 4) kern<T, 4, 1>(a, r, s0);   // decode: 4 weight streams
+    } else {
+        for (; r + R <= r1; r += R) rows<T, R>(a, r, s0, s1);
+        if (R > 4 && r + 4 <= r1) {
+            rows<T, 4>(a, r, s0, s1);
+            r += 4;
+        }
+        if (r + 2 <= r1) {
+            rows<T, 2>(a, r, s0, s1);
+            r += 2;
+        }
+    }
     for (; r < r1; ++r) rows<T, 1>(a, r, s0, s1);
 }
 
