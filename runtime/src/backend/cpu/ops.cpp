@@ -87,26 +87,42 @@ void dequantize_row(Type type, const void *src, float *dst, int64_t n) {
 // ---------------------------------------------------------------------------------------------
 // matmul
 
+namespace {
+
+// Four independent partial sums: lets the compiler use SSE2 without -ffast-math, and keeps the
+// result independent of how rows are split between threads.
+float dot_portable(const float *a, const float *b, int64_t n) {
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += a[i] * b[i];
+        s1 += a[i + 1] * b[i + 1];
+        s2 += a[i + 2] * b[i + 2];
+        s3 += a[i + 3] * b[i + 3];
+    }
+    for (; i < n; ++i) s0 += a[i] * b[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+}  // namespace
+
 void matmul_tile_portable(const MatmulArgs &a, int64_t r0, int64_t r1, int64_t s0, int64_t s1) {
     const int64_t k = a.k, nb = k / QK;
+    static thread_local std::vector<float> wrow;   // [k] one f16/bf16 row converted, reused over S
+    if ((a.type == Type::F16 || a.type == Type::BF16) && int64_t(wrow.size()) < k) wrow.resize(size_t(k));
     for (int64_t r = r0; r < r1; ++r) {
         const uint8_t *w = a.W + r * a.wrow;
+        if (a.type == Type::F16 || a.type == Type::BF16) dequantize_row(a.type, w, wrow.data(), k);
         for (int64_t s = s0; s < s1; ++s) {
             float acc = 0.0f;
             switch (a.type) {
-            case Type::F32: {
-                const float *wf = reinterpret_cast<const float *>(w), *x = a.X + s * k;
-                for (int64_t i = 0; i < k; ++i) acc += wf[i] * x[i];
+            case Type::F32:
+                acc = dot_portable(reinterpret_cast<const float *>(w), a.X + s * k, k);
                 break;
-            }
             case Type::F16:
-            case Type::BF16: {
-                const uint16_t *wh = reinterpret_cast<const uint16_t *>(w);
-                const float *x = a.X + s * k;
-                const bool f16 = a.type == Type::F16;
-                for (int64_t i = 0; i < k; ++i) acc += (f16 ? f16_to_f32(wh[i]) : bf16_to_f32(wh[i])) * x[i];
+            case Type::BF16:
+                acc = dot_portable(wrow.data(), a.X + s * k, k);
                 break;
-            }
             case Type::Q8_0: {
                 const BlockQ8_0 *wb = reinterpret_cast<const BlockQ8_0 *>(w);
                 const int8_t *xq = a.xq.q + s * k;
@@ -292,19 +308,6 @@ void lut_mix(const float *g, const float *rows, int64_t N, int64_t d, float *out
 // Attention
 
 namespace {
-
-float dot_portable(const float *a, const float *b, int64_t n) {
-    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        s0 += a[i] * b[i];
-        s1 += a[i + 1] * b[i + 1];
-        s2 += a[i + 2] * b[i + 2];
-        s3 += a[i + 3] * b[i + 3];
-    }
-    for (; i < n; ++i) s0 += a[i] * b[i];
-    return (s0 + s1) + (s2 + s3);
-}
 
 void axpy_portable(float alpha, const float *x, float *y, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
