@@ -118,8 +118,9 @@ template <Type T, int R, int C> inline void kern(const MatmulArgs &a, int64_t r,
     else tile_float<T, R, C>(a, r, s);
 }
 
-// 16 ymm registers: 2 W rows x 4 X rows of accumulators, 4 W rows when there is one X row.
-constexpr int kR = 2, kC = 4;
+// 16 ymm registers: 3 W rows x 4 X rows of accumulators (float types) or 2 x 4 (quant types,
+// which need registers for |w| and scales); 4 W rows when there is one X row.
+constexpr int kC = 4;
 
 template <Type T, int R> void rows(const MatmulArgs &a, int64_t r, int64_t s0, int64_t s1) {
     int64_t s = s0;
@@ -133,6 +134,7 @@ template <Type T, int R> void rows(const MatmulArgs &a, int64_t r, int64_t s0, i
 }
 
 template <Type T> void run(const MatmulArgs &a, int64_t r0, int64_t r1, int64_t s0, int64_t s1) {
+    constexpr int kR = (T == Type::Q8_0 || T == Type::Q4_0) ? 2 : 3;
     int64_t r = r0;
     if (s1 - s0 == 1) {
         for (; r + 4 <= r1; r += 4) kern<T, 4, 1>(a, r, s0);
