@@ -123,21 +123,20 @@ def cmd_perplexity(a) -> int:
             raise errors.InvalidArgumentError(f"{a.file}: fewer than 2 tokens of text")
         n_ctx = min(a.ctx, m.n_ctx)
         stride = max(1, n_ctx // 2)
-        nll, count = 0.0, 0
+        nll, count, total = 0.0, 0, len(ids) - 1
         t0 = time.perf_counter()
-        start = 0
-        total = len(ids) - 1
-        while count < total:
-            window = ids[start:start + n_ctx]
-            logits = m.logits(window).astype(np.float64)
+        begin, scored_to = 0, 1          # targets ids[1:scored_to] are scored
+        while scored_to < len(ids):
+            end = min(begin + n_ctx, len(ids))
+            logits = m.logits(ids[begin:end]).astype(np.float64)
             logp = logits - logits.max(axis=1, keepdims=True)
             logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
-            first = 0 if start == 0 else n_ctx - stride   # score only tokens not scored before
-            tgt = np.asarray(window[first + 1:])
-            nll -= logp[np.arange(first, first + len(tgt)), tgt].sum()
+            tgt = np.arange(scored_to, end)             # each target once, with the most context
+            nll -= logp[tgt - 1 - begin, np.asarray(ids)[tgt]].sum()
             count += len(tgt)
+            scored_to = end
+            begin += stride
             _progress(count, total, t0, "tokens")
-            start += stride if start + n_ctx < len(ids) else n_ctx
         sys.stderr.write("\n")
         n_bytes = len(text.encode("utf-8"))
         print(f"tokens {count}  ppl {math.exp(nll / count):.4f}  nll/token {nll / count:.4f}  "

@@ -1,0 +1,100 @@
+"""The `mole` command through subprocess: run, inspect, chat from stdin, convert, exit codes."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def mole(*args, stdin=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "mole", *map(str, args)], input=stdin, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def model(model_factory):
+    path, ckpt, cfg = model_factory(lut_type="q8_0", weight_type="f16", seed=5)
+    return path, ckpt
+
+
+def test_help_everywhere():
+    r = mole("--help")
+    assert r.returncode == 0 and "convert" in r.stdout and "perplexity" in r.stdout
+    for sub in ("run", "chat", "perplexity", "bench", "convert", "inspect", "train"):
+        r = mole(sub, "--help")
+        assert r.returncode == 0, (sub, r.stderr)
+        assert "usage" in r.stdout.lower(), sub
+
+
+def test_run_streams_greedy_text(model):
+    path, _ = model
+    r = mole("run", "-m", path, "-p", "Hello", "-n", "12", "--temp", "0", "-t", "2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Hello") and len(r.stdout) > len("Hello\n")
+    again = mole("run", "-m", path, "-p", "Hello", "-n", "12", "--temp", "0", "-t", "2")
+    assert again.stdout == r.stdout
+
+
+def test_run_missing_model_is_error_exit_1(tmp_path):
+    r = mole("run", "-m", tmp_path / "nope.gguf", "-p", "x", "-n", "1")
+    assert r.returncode == 1
+    assert "not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_run_bad_usage_exit_2():
+    r = mole("run", "--no-such-flag")
+    assert r.returncode == 2
+
+
+def test_inspect(model):
+    path, _ = model
+    r = mole("inspect", path)
+    assert r.returncode == 0, r.stderr
+    assert "lut.weight" in r.stdout and "mole.expert_count" in r.stdout
+    r = mole("inspect", path, "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info
+
+
+def test_chat_from_stdin(model):
+    path, _ = model
+    r = mole("chat", "-m", path, "-n", "8", "--temp", "0", stdin="Hello there\n/stats\n/reset\nHow are you?\n")
+    assert r.returncode == 0, r.stderr
+    assert "tokens_evaluated" in r.stdout
+    assert "history cleared" in r.stderr
+
+
+def test_convert_cli(model, tmp_path):
+    _, ckpt = model
+    dst = tmp_path / "out.gguf"
+    r = mole("convert", ckpt, dst, "--lut-type", "q4_0", "--weight-type", "q8_0")
+    assert r.returncode == 0, r.stderr
+    assert dst.is_file() and dst.stat().st_size > 0
+    r = mole("convert", tmp_path / "missing_dir", tmp_path / "x.gguf")
+    assert r.returncode != 0 and not (tmp_path / "x.gguf").exists()
+
+
+def test_perplexity(model, tmp_path):
+    path, _ = model
+    text = tmp_path / "t.txt"
+    text.write_text("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+                    "must be in want of a wife. " * 4)
+    r = mole("perplexity", "-m", path, "-f", text, "-c", "32")   # sliding windows
+    assert r.returncode == 0, r.stderr
+    assert "bits/byte" in r.stdout
+    # one window holding the whole text: equals the log-likelihood computed here from logits
+    r = mole("perplexity", "-m", path, "-f", text, "-c", "512")
+    assert r.returncode == 0, r.stderr
+    got = float(r.stdout.split("bits/byte")[1].split()[0])
+    import math
+    import numpy as np
+    import mole as mole_pkg
+    body = text.read_text()
+    with mole_pkg.Model(str(path), n_ctx=512) as m:
+        ids = m.tokenize(body)
+        lg = m.logits(ids).astype(np.float64)
+    lp = lg - lg.max(1, keepdims=True)
+    lp -= np.log(np.exp(lp).sum(1, keepdims=True))
+    nll = -lp[np.arange(len(ids) - 1), ids[1:]].sum()
+    assert got == pytest.approx(nll / math.log(2) / len(body.encode()), rel=1e-3)
