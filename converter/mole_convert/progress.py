@@ -9,6 +9,7 @@ class Progress:
 
     def __init__(self, total: float, desc: str, unit: str = "rows", enabled: bool = True):
         self._bar = None
+        self._total, self._done = total, 0.0
         if enabled:
             try:
                 from tqdm import tqdm
@@ -19,7 +20,10 @@ class Progress:
                                  dynamic_ncols=True, smoothing=0.1, mininterval=0.5)
 
     def update(self, n: float) -> None:
-        if self._bar is not None:
+        """Advance by n; fractional steps summing past total (float rounding) are clamped."""
+        n = min(n, self._total - self._done)
+        self._done += n
+        if self._bar is not None and n > 0:
             self._bar.update(n)
 
     def close(self) -> None:
