@@ -16,20 +16,21 @@ struct BlockQ4_0 { uint16_t d; uint8_t qs[QK / 2]; };   // 18 bytes: value = (ni
 static_assert(sizeof(BlockQ8_0) == 34, "q8_0 block");
 static_assert(sizeof(BlockQ4_0) == 18, "q4_0 block");
 
-// IEEE half -> float, exact for every input (subnormals, inf, nan); no F16C needed.
+// IEEE half -> float, exact for every input (subnormals, inf, nan); no F16C needed. Branchless
+// (compilers vectorize loops of it): normals and inf/nan rebias the exponent by a float multiply
+// by 2^-112; subnormals are formed as (0.5 + man * 2^-24) - 0.5 in float arithmetic.
 inline float f16_to_f32(uint16_t h) {
-    uint32_t sign = uint32_t(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-    if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (man << 13);
-    } else if (exp != 0) {
-        bits = sign | ((exp + 112) << 23) | (man << 13);
-    } else if (man == 0) {
-        bits = sign;
-    } else {  // subnormal: value = man * 2^-24
-        float f = float(man) * (1.0f / 16777216.0f);
-        std::memcpy(&bits, &f, 4);
-        bits |= sign;
-    }
+    const uint32_t w = uint32_t(h) << 16, sign = w & 0x80000000u, two_w = w + w;
+    uint32_t nb = (two_w >> 4) + (0xe0u << 23), db = (two_w >> 17) | (126u << 23);
+    float normal, denormal;
+    std::memcpy(&normal, &nb, 4);
+    std::memcpy(&denormal, &db, 4);
+    normal *= 0x1.0p-112f;
+    denormal -= 0.5f;
+    uint32_t nbits, dbits;
+    std::memcpy(&nbits, &normal, 4);
+    std::memcpy(&dbits, &denormal, 4);
+    const uint32_t bits = sign | (two_w < (1u << 27) ? dbits : nbits);
     float f;
     std::memcpy(&f, &bits, 4);
     return f;
