@@ -43,8 +43,12 @@ void quantize_rows_q8_avx512(const float *X, int64_t s0, int64_t s1, const Q8Row
 // dequantize_row with AVX2 (+F16C); same results as the portable code.
 void dequantize_row_avx2(Type type, const void *src, float *dst, int64_t n);
 
-// Vector helpers for attention: dot(a, b) over n; y += alpha * x over n.
+// Vector helpers for attention: dot(a, b) over n.
 float dot_f32_avx2(const float *a, const float *b, int64_t n);
-void axpy_f32_avx2(float alpha, const float *x, float *y, int64_t n);
+// One query against keys 0 .. n_keys-1 (rows kv_stride floats apart):
+//   scores[t] = scale * q . k_t;   out[hd] = sum_t p[t] v_t (overwrites out).
+void attn_scores_avx2(const float *q, const float *k, int64_t kv_stride, int64_t n_keys, int64_t hd, float scale,
+                      float *scores);
+void attn_accum_avx2(const float *p, const float *v, int64_t kv_stride, int64_t n_keys, int64_t hd, float *out);
 
 }  // namespace mole::cpu

@@ -214,12 +214,6 @@ float dot_f32_avx2(const float *a, const float *b, int64_t n) {
     return sum;
 }
 
-void axpy_f32_avx2(float alpha, const float *x, float *y, int64_t n) {
-    const __m256 av = _mm256_set1_ps(alpha);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-    for (; i < n; ++i) y[i] += alpha * x[i];
-}
 
 }  // namespace mole::cpu
 
@@ -266,6 +260,59 @@ void dequantize_row_avx2(Type type, const void *src, float *dst, int64_t n) {
         }
         return;
     }
+    }
+}
+
+}  // namespace mole::cpu
+
+namespace mole::cpu {
+
+void attn_scores_avx2(const float *q, const float *k, int64_t kv_stride, int64_t n_keys, int64_t hd, float scale,
+                      float *scores) {
+    int64_t t = 0;
+    if (hd % 8 == 0) {
+        // 4 keys at a time: 4 independent FMA chains, one combined horizontal reduction
+        const __m128 sc = _mm_set1_ps(scale);
+        for (; t + 4 <= n_keys; t += 4) {
+            const float *k0 = k + t * kv_stride, *k1 = k0 + kv_stride, *k2 = k1 + kv_stride, *k3 = k2 + kv_stride;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+            for (int64_t e = 0; e < hd; e += 8) {
+                const __m256 qv = _mm256_loadu_ps(q + e);
+                a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + e), a0);
+                a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + e), a1);
+                a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + e), a2);
+                a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + e), a3);
+            }
+            const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+            const __m128 r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+            _mm_storeu_ps(scores + t, _mm_mul_ps(r, sc));
+        }
+    }
+    for (; t < n_keys; ++t) scores[t] = dot_f32_avx2(q, k + t * kv_stride, hd) * scale;
+}
+
+void attn_accum_avx2(const float *p, const float *v, int64_t kv_stride, int64_t n_keys, int64_t hd, float *out) {
+    int64_t e = 0;
+    // 64 output elements at a time stay in 8 registers across all keys
+    for (; e + 64 <= hd; e += 64) {
+        __m256 acc[8];
+        for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
+        for (int64_t t = 0; t < n_keys; ++t) {
+            const __m256 pt = _mm256_set1_ps(p[t]);
+            const float *vt = v + t * kv_stride + e;
+            for (int i = 0; i < 8; ++i) acc[i] = _mm256_fmadd_ps(pt, _mm256_loadu_ps(vt + 8 * i), acc[i]);
+        }
+        for (int i = 0; i < 8; ++i) _mm256_storeu_ps(out + e + 8 * i, acc[i]);
+    }
+    for (; e + 8 <= hd; e += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t t = 0; t < n_keys; ++t) acc = _mm256_fmadd_ps(_mm256_set1_ps(p[t]), _mm256_loadu_ps(v + t * kv_stride + e), acc);
+        _mm256_storeu_ps(out + e, acc);
+    }
+    for (; e < hd; ++e) {
+        float acc = 0.0f;
+        for (int64_t t = 0; t < n_keys; ++t) acc += p[t] * v[t * kv_stride + e];
+        out[e] = acc;
     }
 }
 

@@ -309,8 +309,15 @@ void lut_mix(const float *g, const float *rows, int64_t N, int64_t d, float *out
 
 namespace {
 
-void axpy_portable(float alpha, const float *x, float *y, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+void attn_scores_portable(const float *q, const float *k, int64_t kv_stride, int64_t n_keys, int64_t hd, float scale,
+                          float *scores) {
+    for (int64_t t = 0; t < n_keys; ++t) scores[t] = dot_portable(q, k + t * kv_stride, hd) * scale;
+}
+
+void attn_accum_portable(const float *p, const float *v, int64_t kv_stride, int64_t n_keys, int64_t hd, float *out) {
+    std::fill_n(out, hd, 0.0f);
+    for (int64_t t = 0; t < n_keys; ++t)
+        for (int64_t e = 0; e < hd; ++e) out[e] += p[t] * v[t * kv_stride + e];
 }
 
 }  // namespace
@@ -319,8 +326,8 @@ void attention(const float *q, const float *k, const float *v, int64_t kv_stride
                int64_t pos0, int64_t n_head, int64_t n_head_kv, int64_t hd, ThreadPool *pool) {
     if (S <= 0 || n_head <= 0 || n_head_kv <= 0) return;
     const bool simd = active_isa() != Isa::Portable;
-    auto dot = simd ? dot_f32_avx2 : dot_portable;
-    auto axpy = simd ? axpy_f32_avx2 : axpy_portable;
+    auto scores_fn = simd ? attn_scores_avx2 : attn_scores_portable;
+    auto accum_fn = simd ? attn_accum_avx2 : attn_accum_portable;
     const int64_t group = n_head / n_head_kv;
     const float scale = float(1.0 / std::sqrt(double(hd)));
     constexpr int64_t kQChunk = 16;   // queries per task
@@ -335,21 +342,17 @@ void attention(const float *q, const float *k, const float *v, int64_t kv_stride
         for (int64_t s = qc * kQChunk; s < std::min(S, (qc + 1) * kQChunk); ++s) {
             const float *qv = q + (s * n_head + h) * hd;
             const int64_t n_keys = pos0 + s + 1;
+            float *sc = scores.data();
+            scores_fn(qv, k + kvh * hd, kv_stride, n_keys, hd, scale, sc);
             float mx = -INFINITY;
-            for (int64_t t = 0; t < n_keys; ++t) {
-                const float sc = dot(qv, k + t * kv_stride + kvh * hd, hd) * scale;
-                scores[size_t(t)] = sc;
-                mx = std::max(mx, sc);
-            }
+            for (int64_t t = 0; t < n_keys; ++t) mx = std::max(mx, sc[t]);
             double sum = 0.0;
             for (int64_t t = 0; t < n_keys; ++t) {
-                const float p = std::exp(scores[size_t(t)] - mx);
-                scores[size_t(t)] = p;
-                sum += p;
+                sc[t] = std::exp(sc[t] - mx);
+                sum += sc[t];
             }
             float *o = out + (s * n_head + h) * hd;
-            std::fill_n(o, hd, 0.0f);
-            for (int64_t t = 0; t < n_keys; ++t) axpy(scores[size_t(t)], v + t * kv_stride + kvh * hd, o, hd);
+            accum_fn(sc, v + kvh * hd, kv_stride, n_keys, hd, o);
             const float inv = float(1.0 / sum);
             for (int64_t i = 0; i < hd; ++i) o[i] *= inv;
         }
