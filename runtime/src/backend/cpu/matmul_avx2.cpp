@@ -43,8 +43,12 @@ template <Type T, int R, int C> void tile_float(const MatmulArgs &a, int64_t r, 
     __m256 acc[R][C];
     for (int i = 0; i < R; ++i)
         for (int j = 0; j < C; ++j) acc[i][j] = _mm256_setzero_ps();
+    constexpr int64_t esize = T == Type::F32 ? 4 : 2;
     int64_t e = 0;
     for (; e + 8 <= k; e += 8) {
+        if constexpr (C == 1) {   // decode streams weights from memory: fetch the next tile's rows early
+            for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char *>(w[i] + R * a.wrow + e * esize), _MM_HINT_T0);
+        }
         __m256 wv[R];
         for (int i = 0; i < R; ++i) wv[i] = load_w<T>(w[i], e);
         for (int j = 0; j < C; ++j) {
@@ -77,7 +81,11 @@ template <Type T, int R, int C> void tile_quant(const MatmulArgs &a, int64_t r, 
         for (int j = 0; j < C; ++j) acc[i][j] = _mm256_setzero_ps();
     const __m256i ones16 = _mm256_set1_epi16(1);
     const __m128i low4 = _mm_set1_epi8(0x0f);
+    constexpr int64_t bb = T == Type::Q8_0 ? int64_t(sizeof(BlockQ8_0)) : int64_t(sizeof(BlockQ4_0));
     for (int64_t b = 0; b < nb; ++b) {
+        if constexpr (C == 1) {
+            for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char *>(w[i] + R * a.wrow + b * bb), _MM_HINT_T0);
+        }
         __m256i wq[R], wu[R];
         __m256 dw[R];
         for (int i = 0; i < R; ++i) {

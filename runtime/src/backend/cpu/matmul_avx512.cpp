@@ -53,8 +53,12 @@ template <Type T, int R, int C> void tile_float(const MatmulArgs &a, int64_t r, 
     __m512 acc[R][C];
     for (int i = 0; i < R; ++i)
         for (int j = 0; j < C; ++j) acc[i][j] = _mm512_setzero_ps();
+    constexpr int64_t esize = T == Type::F32 ? 4 : 2;
     int64_t e = 0;
     for (; e + 16 <= k; e += 16) {
+        if constexpr (C == 1) {   // decode: fetch the next tile's rows early (see tile_quant)
+            for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char *>(w[i] + R * a.wrow + e * esize), _MM_HINT_T0);
+        }
         __m512 wv[R];
         for (int i = 0; i < R; ++i) wv[i] = load_w<T>(w[i], e);
         for (int j = 0; j < C; ++j) {
@@ -97,7 +101,12 @@ template <Type T, int R, int C> void tile_quant(const MatmulArgs &a, int64_t r, 
     const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     const __m128i low4 = _mm_set1_epi8(0x0f);
     int64_t b = 0;
+    constexpr int64_t bb = T == Type::Q8_0 ? int64_t(sizeof(BlockQ8_0)) : int64_t(sizeof(BlockQ4_0));
     for (; b + 2 <= nb; b += 2) {
+        if constexpr (C == 1) {
+            // decode streams weights from memory: fetch the next tile's rows (R rows on) early
+            for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char *>(w[i] + R * a.wrow + b * bb), _MM_HINT_T0);
+        }
         __m512i wu[R];
         __m512 dw[R];
         for (int i = 0; i < R; ++i) {
