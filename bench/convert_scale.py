@@ -43,8 +43,10 @@ def _layer_tensors(cfg: MoleConfig, i: int) -> dict[str, tuple[int, ...]]:
     s = {p + "input_layernorm.weight": (d,), p + "self_attn.q_proj.weight": (H * hd, d),
          p + "self_attn.k_proj.weight": (Hkv * hd, d), p + "self_attn.v_proj.weight": (Hkv * hd, d),
          p + "self_attn.o_proj.weight": (d, H * hd), p + "post_attention_layernorm.weight": (d,),
-         p + "mlp.up_proj.weight": (D, d), p + "mlp.down_proj.weight": (d, D), p + "router.weight": (N, d),
-         p + "expert_layernorm.weight": (d,)}
+         p + "mlp.up_proj.weight": (D, d), p + "mlp.down_proj.weight": (d, D)}
+    if N > 0:   # dense (N = 0) has no router and no expert norm
+        s[p + "router.weight"] = (N, d)
+        s[p + "expert_layernorm.weight"] = (d,)
     for j in range(N):
         s[p + f"experts.{j}.up_proj.weight"] = (De, d)
         s[p + f"experts.{j}.down_proj.weight"] = (d, De)

@@ -1,7 +1,6 @@
 """Shared pytest fixtures: tiny models built by code (fixed seeds, no downloads), cached per session."""
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ def shared_data(*parts) -> Path | None:
 def model_factory(tmp_path_factory):
     """make(lut_type="f32", weight_type="f32", form="training", seed=0, tokenizer="tiny", **config)
     -> path of a converted .gguf (built once per distinct argument set)."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from mole_convert.convert import convert
     from mole_convert.testing import make_random_checkpoint, tiny_config
 

@@ -13,7 +13,7 @@ from mole_convert.testing import random_model, random_state_dict, tiny_config
 def naive_logits(sd, cfg, ids):
     """DESIGN.md's math, one position and one head at a time, float64. ids: list[int] -> [S, V]."""
     W = {k: v.double() for k, v in sd.items()}
-    d, H, Hkv, hd, N = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.num_experts
+    H, Hkv, hd, N = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.num_experts
     scale = cfg.rope_scaling["factor"] if cfg.rope_scaling else 1.0
 
     def norm(z, w):

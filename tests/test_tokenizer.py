@@ -218,7 +218,7 @@ def test_api_neox_parity(neox_model):
 def test_api_tiny_tokenizer_parity(model_factory):
     """The converter's tiny trained tokenizer (pre "default", no NFC) through the C API."""
     mole = pytest.importorskip("mole")
-    from mole_convert.testing import make_tiny_tokenizer_json, tiny_config
+    from mole_convert.testing import make_tiny_tokenizer_json
     path, _, cfg = model_factory(lut_type="f32", weight_type="f32")
     tok = tokenizers.Tokenizer.from_str(make_tiny_tokenizer_json(min(cfg.vocab_size, 384)))
     with mole.Model(str(path), n_ctx=64, n_threads=1) as m:

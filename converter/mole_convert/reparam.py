@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint
-from .errors import CheckpointError, ConvertError
+from .errors import ConvertError
 from .model import compute_lut_rows
 from .progress import Progress
 from .quantize import block_size, quantize, row_bytes
@@ -96,33 +96,6 @@ class _Experts:
         return p
 
 
-class _RowReader:
-    """Rows [a, b) of a [V, n] checkpoint tensor as f32, by positioned reads when it is in safetensors."""
-
-    def __init__(self, ckpt: Checkpoint, name: str):
-        self.ckpt, self.name, self._full = ckpt, name, None
-        rec = ckpt._lookup(name)             # ("st", path, (code, shape, offset, nbytes)) | ("bin", ...)
-        self._st = rec if rec[0] == "st" else None
-
-    def rows(self, a: int, b: int) -> torch.Tensor:
-        if self._st is None:                 # .bin: one whole read, then slices
-            if self._full is None:
-                self._full = self.ckpt.get(self.name, dtype=None)
-            return self._full[a:b].to(torch.float32)
-        _, path, (code, shape, offset, nbytes) = self._st
-        n = shape[1]
-        dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}[code]
-        item = torch.empty((), dtype=dtype).element_size()
-        t = torch.empty((b - a, n), dtype=dtype)                          # [T, L*N*d]
-        buf = t.view(-1).view(torch.uint8).numpy()
-        with open(path, "rb") as f:
-            f.seek(offset + a * n * item)
-            got = f.readinto(buf)
-        if got != buf.nbytes:
-            raise CheckpointError(f"{path}: short read of '{self.name}' rows {a}..{b}: {got} of {buf.nbytes} bytes")
-        return t.to(torch.float32)
-
-
 class LutStream:
     """The LUT tensor as GGUFWriter.write_tensor_data wants it: nbytes and tofile(fout), computed on the fly.
 
@@ -184,10 +157,9 @@ class LutStream:
 
     def _copied(self, bar: Progress):
         p = self.plan
-        reader = _RowReader(self.ckpt, MOE_TABLE)
         for a in range(0, p.vocab, p.chunk_tokens):
             b = min(a + p.chunk_tokens, p.vocab)
-            rows = reader.rows(a, b)                                      # [T, L*N*d] f32
+            rows = self.ckpt.get_rows(MOE_TABLE, a, b)                    # [T, L*N*d] f32
             out = quantize(rows.numpy(), p.lut_type)                      # [T, row_bytes]
             del rows
             bar.update(b - a)

@@ -4,7 +4,6 @@ HF-layout checkpoint (`mole convert` takes it) plus train_state.pt (resume) and 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os

@@ -168,7 +168,7 @@ class Model:
         """Appends ids to sequence 0 in n_batch chunks (Ctrl-C is seen between chunks; the context
         keeps the chunks done). out: [len(ids), V] for every position's logits, or [V] for the
         last position only, or None."""
-        ffi, lib, ctx = self._L.ffi, self._lib, self._live_ctx()
+        lib, ctx = self._lib, self._live_ctx()
         if len(self._tokens) + len(ids) > self.n_ctx:
             raise errors.ContextFullError(
                 f"{len(self._tokens) + len(ids)} tokens do not fit in the context (n_ctx = {self.n_ctx})")
@@ -212,6 +212,16 @@ class Model:
             raise errors.ContextFullError(f"{arr.size} tokens do not fit in the context (n_ctx = {self.n_ctx})")
         self._truncate(0)
         out = np.empty((arr.size, self.n_vocab), dtype=np.float32)
+        self._eval(arr, out)
+        return out
+
+    def eval(self, ids) -> np.ndarray:
+        """Appends ids to the context (after what it holds) and returns the last position's logits
+        [n_vocab] (a copy). Only that row of logits is computed."""
+        arr = self._check_ids(ids)
+        if arr.size == 0:
+            raise errors.InvalidArgumentError("eval needs at least one token")
+        out = np.empty(self.n_vocab, dtype=np.float32)
         self._eval(arr, out)
         return out
 
