@@ -1,5 +1,5 @@
-// ThreadPool: persistent workers woken once per parallel_for (spin briefly, then sleep on a
-// condition variable); tasks are handed out by an atomic counter; the caller works too.
+// ThreadPool: persistent workers; tasks are claimed from one atomic word (job generation, next
+// task) and a job ends when all its tasks are done, so the caller never waits for an idle worker.
 #include "backend/cpu/threadpool.h"
 
 #include <atomic>
@@ -18,48 +18,67 @@
 namespace mole::cpu {
 
 namespace {
-constexpr int kSpin = 4096;  // pause iterations (~0.1-0.5 ms) before a waiting thread sleeps
-}
+// Pause iterations before a waiting thread sleeps (~0.1-0.5 ms): a decode step issues its ops
+// closer together than that, so awake workers catch the next op without a futex wake.
+constexpr int kSpin = 4096;
 
+constexpr uint64_t pack(uint32_t gen, uint32_t task) { return (uint64_t(gen) << 32) | task; }
+constexpr uint32_t gen_of(uint64_t w) { return uint32_t(w >> 32); }
+constexpr uint32_t task_of(uint64_t w) { return uint32_t(w); }
+}  // namespace
+
+// Why a job word instead of "wake n workers, wait for n acknowledgements": on a loaded machine a
+// worker may be descheduled for milliseconds. Here the caller claims every task that no awake
+// thread has claimed and returns as soon as the last task is done; a late worker finds the job's
+// generation gone and claims nothing. Only a task already running on a preempted worker is waited on.
 struct ThreadPool::Impl {
     std::vector<std::thread> workers;
     std::mutex m;
     std::condition_variable cv_start, cv_done;
-    std::atomic<uint64_t> generation{0};
-    std::atomic<int64_t> next{0};
-    std::atomic<int> pending{0};   // workers that have not finished the current job
-    int64_t n_tasks = 0;
-    const std::function<void(int64_t, int)> *fn = nullptr;
-    bool stop = false;
+    std::atomic<uint64_t> word{0};                   // [generation:32 | next task:32]
+    std::atomic<int64_t> n_tasks{0}, done{0};        // of the current job
+    std::atomic<const std::function<void(int64_t, int)> *> fn{nullptr};
+    std::atomic<int> sleepers{0};                    // workers blocked on cv_start
+    std::atomic<bool> caller_sleeping{false};
+    std::atomic<bool> stop{false};
 
-    void run_tasks(int thread) {
+    // Claims and runs tasks of job `gen` until none is left (or a newer job started).
+    void run_tasks(uint32_t gen, int thread) {
+        uint64_t w = word.load(std::memory_order_acquire);
         for (;;) {
-            int64_t t = next.fetch_add(1, std::memory_order_relaxed);
-            if (t >= n_tasks) return;
-            (*fn)(t, thread);
+            if (gen_of(w) != gen) return;
+            // The job is live while task_of(w) < its n_tasks is unclaimed, so n_tasks and fn
+            // are this job's values whenever the exchange below succeeds.
+            const int64_t n = n_tasks.load(std::memory_order_relaxed);
+            if (int64_t(task_of(w)) >= n) return;
+            if (!word.compare_exchange_weak(w, w + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+            (*fn.load(std::memory_order_relaxed))(int64_t(task_of(w)), thread);
+            if (done.fetch_add(1) + 1 == n && caller_sleeping.load()) {   // seq_cst: see parallel_for
+                std::lock_guard<std::mutex> lk(m);
+                cv_done.notify_one();
+            }
+            w = word.load(std::memory_order_acquire);
         }
     }
 
     void worker(int thread) {
-        uint64_t seen = 0;
+        uint32_t seen = 0;
         for (;;) {
-            uint64_t g = generation.load(std::memory_order_acquire);
-            for (int i = 0; i < kSpin && g == seen; ++i) {
+            uint64_t w = word.load(std::memory_order_acquire);
+            for (int i = 0; i < kSpin && gen_of(w) == seen && !stop.load(std::memory_order_relaxed); ++i) {
                 MOLE_PAUSE();
-                g = generation.load(std::memory_order_acquire);
+                w = word.load(std::memory_order_acquire);
             }
-            if (g == seen) {
+            if (gen_of(w) == seen && !stop.load()) {
                 std::unique_lock<std::mutex> lk(m);
-                cv_start.wait(lk, [&] { return generation.load(std::memory_order_acquire) != seen; });
-                g = generation.load(std::memory_order_acquire);
+                sleepers.fetch_add(1);   // seq_cst: pairs with the caller's word store + sleepers load
+                cv_start.wait(lk, [&] { return stop.load() || gen_of(word.load()) != seen; });
+                sleepers.fetch_sub(1);
+                w = word.load(std::memory_order_acquire);
             }
-            seen = g;
-            if (stop) return;   // written before the generation bump that woke us
-            run_tasks(thread);
-            if (pending.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-                std::lock_guard<std::mutex> lk(m);
-                cv_done.notify_one();
-            }
+            if (stop.load()) return;
+            seen = gen_of(w);
+            run_tasks(seen, thread);
         }
     }
 };
@@ -72,8 +91,7 @@ ThreadPool::ThreadPool(int n_threads) : impl_(new Impl), n_threads_(n_threads < 
 ThreadPool::~ThreadPool() {
     {
         std::lock_guard<std::mutex> lk(impl_->m);
-        impl_->stop = true;
-        impl_->generation.fetch_add(1, std::memory_order_release);
+        impl_->stop.store(true);
     }
     impl_->cv_start.notify_all();
     for (auto &t : impl_->workers) t.join();
@@ -87,20 +105,24 @@ void ThreadPool::parallel_for(int64_t n_tasks, const std::function<void(int64_t 
         return;
     }
     Impl &p = *impl_;
-    p.fn = &fn;
-    p.n_tasks = n_tasks;
-    p.next.store(0, std::memory_order_relaxed);
-    p.pending.store(n_threads_ - 1, std::memory_order_relaxed);
-    {
-        std::lock_guard<std::mutex> lk(p.m);
-        p.generation.fetch_add(1, std::memory_order_release);
+    // The previous job is complete (all its tasks done), so no thread reads these until the new
+    // generation is published below.
+    p.n_tasks.store(n_tasks, std::memory_order_relaxed);
+    p.fn.store(&fn, std::memory_order_relaxed);
+    p.done.store(0, std::memory_order_relaxed);
+    const uint32_t gen = gen_of(p.word.load(std::memory_order_relaxed)) + 1;
+    p.word.store(pack(gen, 0));   // seq_cst: a worker about to sleep either sees it or is counted
+    if (p.sleepers.load() > 0) {
+        { std::lock_guard<std::mutex> lk(p.m); }
+        p.cv_start.notify_all();
     }
-    p.cv_start.notify_all();
-    p.run_tasks(0);
-    for (int i = 0; i < kSpin && p.pending.load(std::memory_order_acquire) != 0; ++i) MOLE_PAUSE();
-    if (p.pending.load(std::memory_order_acquire) != 0) {
+    p.run_tasks(gen, 0);
+    for (int i = 0; i < kSpin && p.done.load(std::memory_order_acquire) != n_tasks; ++i) MOLE_PAUSE();
+    if (p.done.load(std::memory_order_acquire) != n_tasks) {
         std::unique_lock<std::mutex> lk(p.m);
-        p.cv_done.wait(lk, [&] { return p.pending.load(std::memory_order_acquire) == 0; });
+        p.caller_sleeping.store(true);   // seq_cst: pairs with the last worker's done increment
+        p.cv_done.wait(lk, [&] { return p.done.load() == n_tasks; });
+        p.caller_sleeping.store(false);
     }
 }
 

@@ -1,4 +1,5 @@
-// A fixed pool of worker threads; parallel_for wakes them once per call, no allocation per call.
+// A fixed pool of worker threads; parallel_for publishes one job per call (no allocation per call)
+// and returns when its tasks are done, without waiting for workers that are asleep or preempted.
 #pragma once
 
 #include <cstdint>
