@@ -1,12 +1,16 @@
 """Shared pytest fixtures: tiny models built by code (fixed seeds, no downloads), cached per session."""
 import hashlib
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
+BUILD = REPO / "build-tests"
 
 
 def shared_data(*parts) -> Path | None:
@@ -38,3 +42,20 @@ def model_factory(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def build_dir():
+    """The CMake tree with the C tests and tools on, built once per session into build-tests/."""
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed")
+    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    cfg = subprocess.run(["cmake", "-S", str(REPO), "-B", str(BUILD), *gen, "-DCMAKE_BUILD_TYPE=Release",
+                          "-DMOLE_BUILD_TESTS=ON", "-DMOLE_BUILD_TOOLS=ON"], capture_output=True, text=True)
+    assert cfg.returncode == 0, cfg.stdout + cfg.stderr
+    jobs = os.environ.get("MOLE_BUILD_JOBS", "2")
+    build = subprocess.run(["cmake", "--build", str(BUILD), "-j", jobs], capture_output=True, text=True)
+    assert build.returncode == 0, (build.stdout + build.stderr)[-8000:]
+    return BUILD
+
+

@@ -1,29 +1,12 @@
 """Builds the CMake tree with the C tests on (into build-tests/, once per session) and runs every
 tests/c/test_* program; also runs mole-cli on a converted model. A non-zero exit fails."""
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-BUILD = REPO / "build-tests"
 C_TESTS = sorted(p.stem for p in (REPO / "tests" / "c").glob("test_*.cpp"))
-
-
-@pytest.fixture(scope="session")
-def build_dir():
-    if shutil.which("cmake") is None:
-        pytest.skip("cmake is not installed")
-    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-    cfg = subprocess.run(["cmake", "-S", str(REPO), "-B", str(BUILD), *gen, "-DCMAKE_BUILD_TYPE=Release",
-                          "-DMOLE_BUILD_TESTS=ON", "-DMOLE_BUILD_TOOLS=ON"], capture_output=True, text=True)
-    assert cfg.returncode == 0, cfg.stdout + cfg.stderr
-    jobs = os.environ.get("MOLE_BUILD_JOBS", "2")
-    build = subprocess.run(["cmake", "--build", str(BUILD), "-j", jobs], capture_output=True, text=True)
-    assert build.returncode == 0, (build.stdout + build.stderr)[-8000:]
-    return BUILD
 
 
 @pytest.mark.parametrize("name", C_TESTS)
