@@ -4,8 +4,8 @@ the same model dense (num_experts 0), alternating A B A B in one process; median
     PYTHONPATH=python:converter python bench/bench_speed.py --shape 160m-4e --threads 2
     PYTHONPATH=python:converter python bench/bench_speed.py --shape d512 --repeats 5    # quick
 
-Models are built once into --workdir (random weights, shard by shard) and converted with the
-project's converter; later runs reuse them. Prints a markdown table (and --json FILE).
+Models are built once into --workdir by common.build_model (random weights and LUT, converted with the
+project's converter); later runs reuse them. Prints a markdown table (and --json FILE).
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import json
 import pathlib
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -23,40 +22,7 @@ sys.path[:0] = [str(REPO / "python"), str(REPO / "converter"), str(REPO / "bench
 
 import numpy as np  # noqa: E402
 
-# The paper's shapes (d, L, heads, FFN for shared and experts, N, V=50304) plus a quick one.
-SHAPES = {
-    "160m-4e": dict(vocab_size=50304, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                    num_attention_heads=12, num_key_value_heads=12, num_experts=4),
-    "160m-16e": dict(vocab_size=50304, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                     num_attention_heads=12, num_key_value_heads=12, num_experts=16),
-    "410m-4e": dict(vocab_size=50304, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                    num_attention_heads=16, num_key_value_heads=16, num_experts=4),
-    "d512": dict(vocab_size=50304, hidden_size=512, intermediate_size=2048, num_hidden_layers=8,
-                 num_attention_heads=8, num_key_value_heads=8, num_experts=4),
-}
-
-
-def build_model(workdir: pathlib.Path, shape: str, dense: bool, lut_type: str, weight_type: str) -> pathlib.Path:
-    """The converted .gguf for (shape, dense, types), built on first use."""
-    import torch
-    from convert_scale import build_checkpoint
-    from mole_convert.config import MoleConfig
-
-    spec = dict(SHAPES[shape], max_position_embeddings=2048)
-    if dense:
-        spec["num_experts"] = 0
-    tag = f"{shape}{'-dense' if dense else ''}"
-    out = workdir / f"{tag}-w{weight_type}-l{lut_type}.gguf"
-    if out.exists():
-        return out
-    ckpt = workdir / f"{tag}-ckpt"
-    if not (ckpt / "config.json").exists():
-        print(f"building random checkpoint {ckpt}", file=sys.stderr)
-        build_checkpoint(ckpt, MoleConfig(**spec), torch.bfloat16, seed=0)
-    print(f"converting {ckpt} -> {out}", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "mole", "convert", str(ckpt), str(out), "--lut-type", lut_type,
-                    "--weight-type", weight_type], check=True)
-    return out
+from common import SHAPES, build_model  # noqa: E402,F401  (models shared with bench_cpu.py)
 
 
 def measure(m, prompt_ids: list[int], n_gen: int) -> dict:
