@@ -126,6 +126,8 @@ void matmul(const Weight &w, const float *X, int64_t S, float *Y, cpu::ThreadPoo
     cpu::matmul(w.type, w.data, w.ne1, w.ne0, X, S, Y, pool);
 }
 
+cpu::MatmulOut out_of(const Weight &w, float *Y) { return cpu::MatmulOut{w.type, w.data, w.ne1, Y}; }
+
 // x += Wo attn(rope(Wq n1), rope(Wk n1), Wv n1), with K/V appended to each sequence's cache.
 void attention_block(const Model &m, int32_t il, Scratch &s, KvCache &kv, cpu::ThreadPool *pool) {
     const Hparams &hp = m.hp;
@@ -134,9 +136,8 @@ void attention_block(const Model &m, int32_t il, Scratch &s, KvCache &kv, cpu::T
     const int64_t S = p.n_rows, d = hp.n_embd, hd = hp.head_dim, kvd = kv.kv_dim, qd = int64_t(hp.n_head) * hd;
     cpu::rmsnorm(s.x.get(), static_cast<const float *>(static_cast<const void *>(w.attn_norm.data)), S, d, hp.rms_eps,
                  s.xn.get());
-    matmul(w.wq, s.xn.get(), S, s.q.get(), pool);
-    matmul(w.wk, s.xn.get(), S, s.k.get(), pool);
-    matmul(w.wv, s.xn.get(), S, s.v.get(), pool);
+    const cpu::MatmulOut qkv[3] = {out_of(w.wq, s.q.get()), out_of(w.wk, s.k.get()), out_of(w.wv, s.v.get())};
+    cpu::matmul_multi(qkv, 3, d, s.xn.get(), S, pool);   // one dispatch, n1 quantized once
     cpu::rope(s.q.get(), S, hp.n_head, hd, p.pos, hp.rope_theta, hp.rope_freq_scale);
     cpu::rope(s.k.get(), S, hp.n_head_kv, hd, p.pos, hp.rope_theta, hp.rope_freq_scale);
     for (int32_t g = 0; g < p.n_groups; ++g) {
@@ -159,11 +160,9 @@ void ffn_block(const Model &m, int32_t il, Scratch &s, cpu::ThreadPool *pool) {
     const StepPlan &p = s.plan;
     const int64_t S = p.n_rows, d = hp.n_embd, N = hp.n_expert;
     cpu::rmsnorm(s.x.get(), reinterpret_cast<const float *>(w.ffn_norm.data), S, d, hp.rms_eps, s.xn.get());
-    if (N > 0) {
-        matmul(w.router, s.xn.get(), S, s.gate.get(), pool);
-        cpu::softmax(s.gate.get(), S, N);
-    }
-    matmul(w.ffn_up, s.xn.get(), S, s.ff.get(), pool);
+    const cpu::MatmulOut up[2] = {out_of(w.ffn_up, s.ff.get()), out_of(w.router, s.gate.get())};
+    cpu::matmul_multi(up, N > 0 ? 2 : 1, d, s.xn.get(), S, pool);   // router rides along with Up
+    if (N > 0) cpu::softmax(s.gate.get(), S, N);
     cpu::gelu(s.ff.get(), S * hp.n_ff);
     matmul(w.ffn_down, s.ff.get(), S, s.tmp.get(), pool);
     float *x = s.x.get(), *o = s.tmp.get();

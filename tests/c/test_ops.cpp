@@ -363,6 +363,38 @@ void test_matmul() {
     }
 }
 
+// matmul_multi: several weights (mixed types, one dispatch) give exactly the separate results.
+void test_matmul_multi() {
+    Rng rng(43);
+    ThreadPool pool(2);
+    const int64_t k = 96;
+    const Type types[] = {Type::Q8_0, Type::F32, Type::Q4_0, Type::F16};
+    const int64_t ns[] = {37, 4, 130, 16};
+    for (Isa isa : isas()) {
+        set_isa(isa);
+        for (int64_t S : {1, 5, 70}) {
+            auto X = rng.vec(size_t(S * k), -2.0f, 2.0f);
+            std::vector<std::vector<uint8_t>> W;
+            std::vector<std::vector<float>> Y, Yref;
+            MatmulOut outs[4];
+            for (int i = 0; i < 4; ++i) {
+                auto wf = rng.vec(size_t(ns[i] * k), -1.0f, 1.0f);
+                W.push_back(ref_quantize(types[i], wf.data(), ns[i], k));
+                Y.emplace_back(size_t(S * ns[i]), NAN);
+                Yref.emplace_back(size_t(S * ns[i]), NAN);
+            }
+            bool same = true;
+            for (int i = 0; i < 4; ++i) {
+                outs[i] = MatmulOut{types[i], W[size_t(i)].data(), ns[i], Y[size_t(i)].data()};
+                matmul(types[i], W[size_t(i)].data(), ns[i], k, X.data(), S, Yref[size_t(i)].data(), nullptr);
+            }
+            matmul_multi(outs, 4, k, X.data(), S, &pool);
+            for (int i = 0; i < 4; ++i) same &= std::memcmp(Y[size_t(i)].data(), Yref[size_t(i)].data(), Y[size_t(i)].size() * 4) == 0;
+            check(same, fmt("matmul_multi (q8_0, f32, q4_0, f16) S=%lld equals separate matmuls [%s]", (long long)S, isa_name(isa)));
+        }
+    }
+}
+
 // ---- element-wise ops ----------------------------------------------------------------------
 
 void test_rmsnorm() {
@@ -571,6 +603,7 @@ int main() {
     test_dequantize();
     test_quantize_act();
     test_matmul();
+    test_matmul_multi();
     test_rmsnorm();
     test_rope();
     test_gelu();

@@ -177,14 +177,28 @@ constexpr int64_t kSChunk = 64;     // X rows per task when S is large
 
 void matmul(Type type, const void *W, int64_t n, int64_t k, const float *X, int64_t S, float *Y,
             ThreadPool *pool) {
-    if (n <= 0 || S <= 0) return;
-    const Isa isa = active_isa();
-    MatmulArgs a{type, static_cast<const uint8_t *>(W), n, k, row_bytes(type, k), X, Q8Rows{}, Y};
-    const int nt = pool ? pool->size() : 1;
+    const MatmulOut out{type, W, n, Y};
+    matmul_multi(&out, 1, k, X, S, pool);
+}
 
-    if (type == Type::Q8_0 || type == Type::Q4_0) {
+void matmul_multi(const MatmulOut *outs, int n_outs, int64_t k, const float *X, int64_t S, ThreadPool *pool) {
+    if (S <= 0 || n_outs <= 0) return;
+    const Isa isa = active_isa();
+    const int nt = pool ? pool->size() : 1;
+    constexpr int kMaxOuts = 8;
+    if (n_outs > kMaxOuts) {   // more than one dispatch holds
+        matmul_multi(outs, kMaxOuts, k, X, S, pool);
+        matmul_multi(outs + kMaxOuts, n_outs - kMaxOuts, k, X, S, pool);
+        return;
+    }
+
+    // Activations quantized once for every quantized weight of the call.
+    Q8Rows xq{};
+    bool need_q = false;
+    for (int i = 0; i < n_outs; ++i) need_q |= outs[i].type == Type::Q8_0 || outs[i].type == Type::Q4_0;
+    if (need_q) {
         static thread_local Q8Scratch scratch;
-        a.xq = scratch.rows(S, k);
+        xq = scratch.rows(S, k);
         auto quant = isa == Isa::Avx512 ? quantize_rows_q8_avx512
                    : isa == Isa::Avx2   ? quantize_rows_q8_avx2
                                         : quantize_rows_q8_portable;
@@ -192,11 +206,11 @@ void matmul(Type type, const void *W, int64_t n, int64_t k, const float *X, int6
             const int64_t per = (S + nt - 1) / nt;
             auto qrun = [&](int64_t t, int) {
                 const int64_t s0 = t * per, s1 = std::min(S, s0 + per);
-                if (s0 < s1) quant(X, s0, s1, a.xq);
+                if (s0 < s1) quant(X, s0, s1, xq);
             };
             pool->parallel_for(nt, std::ref(qrun));
         } else {
-            quant(X, 0, S, a.xq);
+            quant(X, 0, S, xq);
         }
     }
 
@@ -204,23 +218,38 @@ void matmul(Type type, const void *W, int64_t n, int64_t k, const float *X, int6
               : isa == Isa::Avx2   ? matmul_tile_avx2
                                    : matmul_tile_portable;
 
-    // Split: S in chunks of kSChunk rows; n in chunks of whole tiles, enough chunks per thread
-    // that dynamic scheduling balances, but each at least ~16 KB of weights.
+    // Per output: S in chunks of kSChunk rows; n in chunks of whole tiles, enough chunks per
+    // thread that dynamic scheduling balances, but each at least ~16 KB of weights. The outputs'
+    // task ranges are laid end to end: one dispatch for all of them.
     const int64_t s_chunks = (S + kSChunk - 1) / kSChunk;
-    int64_t want = nt == 1 ? 1 : std::max<int64_t>(1, (int64_t(nt) * 8 + s_chunks - 1) / s_chunks);
-    int64_t r_chunk = (n + want - 1) / want;
-    const int64_t min_rows = std::max<int64_t>(kRowAlign, (16384 / std::max<int64_t>(a.wrow, 1)) / kRowAlign * kRowAlign);
-    if (S > kSChunk) r_chunk = std::min<int64_t>(r_chunk, 128);
-    r_chunk = std::max(r_chunk, std::min(min_rows, n));
-    r_chunk = (r_chunk + kRowAlign - 1) / kRowAlign * kRowAlign;
-    const int64_t r_chunks = (n + r_chunk - 1) / r_chunk;
-    const int64_t n_tasks = r_chunks * s_chunks;
+    MatmulArgs args[kMaxOuts];
+    int64_t r_chunk[kMaxOuts], r_chunks[kMaxOuts], first[kMaxOuts + 1];
+    first[0] = 0;
+    for (int i = 0; i < n_outs; ++i) {
+        const MatmulOut &o = outs[i];
+        args[i] = MatmulArgs{o.type, static_cast<const uint8_t *>(o.W), o.n, k, row_bytes(o.type, k), X, xq, o.Y};
+        const int64_t n = std::max<int64_t>(o.n, 0);
+        int64_t want = nt == 1 ? 1 : std::max<int64_t>(1, (int64_t(nt) * 8 + s_chunks - 1) / s_chunks);
+        int64_t rc = (n + want - 1) / want;
+        const int64_t min_rows =
+            std::max<int64_t>(kRowAlign, (16384 / std::max<int64_t>(args[i].wrow, 1)) / kRowAlign * kRowAlign);
+        if (S > kSChunk) rc = std::min<int64_t>(rc, 128);
+        rc = std::max(rc, std::min(min_rows, n));
+        rc = std::max<int64_t>(1, (rc + kRowAlign - 1) / kRowAlign * kRowAlign);
+        r_chunk[i] = rc;
+        r_chunks[i] = (n + rc - 1) / rc;
+        first[i + 1] = first[i] + r_chunks[i] * s_chunks;
+    }
+    const int64_t n_tasks = first[n_outs];
 
     auto run = [&](int64_t t, int) {
-        const int64_t rc = t % r_chunks, sc = t / r_chunks;
-        const int64_t r0 = rc * r_chunk, r1 = std::min(n, r0 + r_chunk);
+        int i = 0;
+        while (t >= first[i + 1]) ++i;
+        t -= first[i];
+        const int64_t rc = t % r_chunks[i], sc = t / r_chunks[i];
+        const int64_t r0 = rc * r_chunk[i], r1 = std::min(args[i].n, r0 + r_chunk[i]);
         const int64_t s0 = sc * kSChunk, s1 = std::min(S, s0 + kSChunk);
-        tile(a, r0, r1, s0, s1);
+        tile(args[i], r0, r1, s0, s1);
     };
     if (pool && nt > 1 && n_tasks > 1) {
         pool->parallel_for(n_tasks, std::ref(run));

@@ -33,6 +33,16 @@ void dequantize_row(Type type, const void *src, float *dst, int64_t n);
 void matmul(Type type, const void *W, int64_t n, int64_t k, const float *X, int64_t S, float *Y,
             ThreadPool *pool);
 
+// Several matmuls over the same X[S, k] in one dispatch (X quantized once): Y_i[S, n_i] = X W_i^T
+// for each entry. Same results as separate matmul calls.
+struct MatmulOut {
+    Type type;
+    const void *W;   // n rows of k elements, stored as rows of `type`
+    int64_t n;
+    float *Y;        // [S, n]
+};
+void matmul_multi(const MatmulOut *outs, int n_outs, int64_t k, const float *X, int64_t S, ThreadPool *pool);
+
 // out[S, d] = w * (x * rsqrt(mean(x^2) + eps)), fp32.
 void rmsnorm(const float *x, const float *w, int64_t S, int64_t d, float eps, float *out);
 
