@@ -93,7 +93,7 @@ class TorchPeer:
         from gguf.quants import dequantize as gq
 
         shape = [int(n) for n in reversed(t.shape)]
-        return np.ascontiguousarray(gq(np.asarray(t.data), t.tensor_type).reshape(shape), dtype=np.float32)
+        return np.array(gq(np.asarray(t.data), t.tensor_type).reshape(shape), dtype=np.float32, order="C")  # own copy
 
     def reset(self) -> None:
         self.pos = 0

@@ -145,31 +145,48 @@ def cmd_perplexity(a) -> int:
 
 
 def cmd_bench(a) -> int:
-    import numpy as np
+    """Runs bench/bench_cpu.py's core (bench_model) on one model: prompt and decode speed, bandwidth fraction,
+    peak RSS, LUT bytes per token, LUT warm vs evicted, and the peers asked for (--dense, --llama, --torch)."""
+    import importlib
+    from pathlib import Path
 
-    with _open_model(a) as m:
-        rng = np.random.default_rng(0)
-        prompt = rng.integers(1, m.n_vocab, size=a.prompt_tokens).tolist()
-        rows = []
-        for rep in range(a.repeats):
-            m.reset()
-            m.reset_stats()
-            t0 = time.perf_counter()
-            m.logits(prompt)
-            t_prompt = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            n = 0
-            for _ in m.generate(prompt, max_tokens=a.gen_tokens, temperature=0.0, stream=True):
-                n += 1
-            t_gen = time.perf_counter() - t0
-            rows.append((len(prompt) / t_prompt, a.gen_tokens / t_gen))
-        pp = sorted(r[0] for r in rows)[len(rows) // 2]
-        tg = sorted(r[1] for r in rows)[len(rows) // 2]
-        s = m.stats()
-        print(f"model {m!r}\nthreads {m.n_threads}\nprompt {len(prompt)} tokens: {pp:.1f} tokens/s (median of "
-              f"{a.repeats})\ndecode {a.gen_tokens} tokens: {tg:.1f} tokens/s\nLUT rows fetched "
-              f"{s['lut_rows_fetched']}, cache hits {s['lut_cache_hits']}")
+    bench_dir = Path(__file__).resolve().parents[2] / "bench"
+    if not (bench_dir / "bench_cpu.py").is_file():
+        raise errors.MoleError(f"mole bench runs bench/bench_cpu.py of a mole.cpp source tree; not found in {bench_dir}")
+    if str(bench_dir) not in sys.path:
+        sys.path.insert(0, str(bench_dir))
+    bench_cpu = importlib.import_module("bench_cpu")
+    from . import demo_model_path
+
+    model = a.model or demo_model_path()
+    for name, path in (("model", model), ("dense model", a.dense)):
+        if path is not None and not Path(path).is_file():
+            raise errors.ModelFileNotFoundError(f"{name} file not found: {path}")
+    notes, llama = [], None
+    if a.llama:
+        import llama_peer
+
+        why = llama_peer.available()
+        if why:
+            notes.append(why + "; llama.cpp column skipped")
+        else:
+            llama = llama_peer.write_llama_gguf(model, Path(model).with_name(f"llama-twin-{Path(model).stem}.gguf"))
+    res = bench_cpu.bench_model(model, dense=a.dense, llama=llama, torch=a.torch, cold=not a.no_cold,
+                                threads=a.threads, prompt=a.prompt_tokens, gen=a.gen_tokens, repeats=a.repeats)
+    res["notes"] = notes
+    print(f"model {model}\n{a.threads} threads, prompt {a.prompt_tokens} tokens, decode {a.gen_tokens} tokens, "
+          f"median of {a.repeats}\n\n{bench_cpu.table(res)}")
+    if a.json:
+        import json
+        Path(a.json).write_text(json.dumps(res, indent=1))
     return 0
+
+
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return n
 
 
 def _progress(done: int, total: int, t0: float, unit: str) -> None:
@@ -221,11 +238,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--chars", type=int, default=None, help="only the first N characters")
     q.set_defaults(fn=cmd_perplexity)
 
-    b = sub.add_parser("bench", help="prompt and decode speed of a model")
-    _add_model_args(b)
-    b.add_argument("--prompt-tokens", type=int, default=512)
-    b.add_argument("--gen-tokens", type=int, default=64)
-    b.add_argument("--repeats", type=int, default=3)
+    b = sub.add_parser("bench", help="prompt and decode speed of a model, side by side with its peers")
+    b.add_argument("-m", "--model", default=None, help="MoLE .gguf (default: the bundled demo model)")
+    b.add_argument("-t", "--threads", type=_positive, default=2, help="CPU threads (default 2)")
+    b.add_argument("--dense", default=None, help="the same model dense (num_experts 0), .gguf, run alongside")
+    b.add_argument("--llama", action="store_true", help="also time llama.cpp (llama-cpp-python) on an equal-FLOPs "
+                   "dense llama twin written beside the model")
+    b.add_argument("--torch", action="store_true", help="also time the PyTorch model (needs the converter)")
+    b.add_argument("--no-cold", action="store_true", help="skip the run with the LUT evicted from the page cache")
+    b.add_argument("--prompt-tokens", type=_positive, default=512)
+    b.add_argument("--gen-tokens", type=_positive, default=64)
+    b.add_argument("--repeats", type=_positive, default=3)
+    b.add_argument("--json", default=None, help="also write the results to this JSON file")
     b.set_defaults(fn=cmd_bench)
     return p
 
