@@ -32,8 +32,8 @@ Status Context::init(const Model &m, const ContextParams &p_in) {
     params = p;
     pool = std::make_unique<cpu::ThreadPool>(p.n_threads);
     if (Status s = kv.init(m, p.n_ctx, p.n_seq_max)) return s;
-    if (Status s = scratch.init(m, p.n_batch, p.n_seq_max)) return s;
-    if (Status s = lut.init(m, static_cast<uint64_t>(p.lut_cache_mb) << 20)) return s;
+    if (Status s = scratch.init(m, p.n_batch, p.n_seq_max, p.n_threads)) return s;
+    if (Status s = lut.init(m, static_cast<uint64_t>(p.lut_cache_mb) << 20, p.n_batch)) return s;
     seq_len.assign(static_cast<size_t>(p.n_seq_max), 0);
     chunk_count.assign(static_cast<size_t>(p.n_seq_max), 0);
     return MOLE_STATUS_OK;

@@ -4,8 +4,10 @@
 //   logits = Out(rmsnorm_final(x)).
 #include "forward.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <new>
 
 namespace mole {
@@ -29,19 +31,21 @@ double now_ms() {
 
 }  // namespace
 
-Status Scratch::init(const Model &m, int32_t n_batch, int32_t n_seq) {
+Status Scratch::init(const Model &m, int32_t n_batch, int32_t n_seq, int32_t threads) {
     const Hparams &hp = m.hp;
     const int64_t d = hp.n_embd, qd = int64_t(hp.n_head) * hp.head_dim, kvd = int64_t(hp.n_head_kv) * hp.head_dim;
     B = n_batch;
     U_max = hp.n_expert > 0 ? std::min(n_batch, hp.n_vocab) : 0;
-    const int64_t row = int64_t(hp.n_layer) * hp.n_expert * d;
+    n_threads = std::max(1, threads);
+    mix_stride = hp.n_expert > 0 ? int64_t(hp.n_expert) * d + 64 : 0;   // + 2 blocks of <= 32
     Status st = MOLE_STATUS_OK;
     if ((st = alloc(x, B * d, "activations")) || (st = alloc(xn, B * d, "activations")) ||
         (st = alloc(q, B * qd, "activations")) || (st = alloc(k, B * kvd, "activations")) ||
         (st = alloc(v, B * kvd, "activations")) || (st = alloc(att, B * qd, "activations")) ||
         (st = alloc(tmp, B * d, "activations")) || (st = alloc(ff, B * int64_t(hp.n_ff), "activations")) ||
         (st = alloc(gate, B * int64_t(hp.n_expert), "router weights")) ||
-        (st = alloc(experts, int64_t(U_max) * row, "the step's LUT rows (n_batch x L x N x d floats)")) ||
+        (st = alloc(rows, U_max, "the step's LUT row table")) ||
+        (st = alloc(mix_tmp, n_threads * mix_stride, "the LUT mix buffer")) ||
         (st = alloc(out_x, B * d, "activations")) || (st = alloc(ids, B, "plan")) || (st = alloc(pos, B, "plan")) ||
         (st = alloc(uniq_slot, B, "plan")) || (st = alloc(uniq, B, "plan")) || (st = alloc(out_rows, B, "plan")) ||
         (st = alloc(group_seq, n_seq, "plan")) || (st = alloc(group_start, n_seq, "plan")) ||
@@ -153,6 +157,27 @@ void attention_block(const Model &m, int32_t il, Scratch &s, KvCache &kv, cpu::T
     for (int64_t i = 0; i < S * d; ++i) x[i] += o[i];
 }
 
+// x[r] += sum_j g[r, j] LUT[id_r][il][j]: layer il's slice of each row, dequantized from the
+// row's file bytes (cache or mapping: the first touch of a missed row waits only for these pages).
+void mix_experts(const Model &m, int32_t il, Scratch &s, cpu::ThreadPool *pool) {
+    const Hparams &hp = m.hp;
+    const StepPlan &p = s.plan;
+    const int64_t S = p.n_rows, d = hp.n_embd, N = hp.n_expert;
+    const cpu::Type type = m.lut.type;
+    int64_t be = 1, bb = 4;
+    cpu::type_traits(uint32_t(type), &be, &bb);
+    // Whole blocks covering elements [il*N*d, (il+1)*N*d) of the row (d need not be a block multiple).
+    const int64_t e0 = int64_t(il) * N * d, b0 = e0 / be, skip = e0 - b0 * be;
+    const int64_t n_elems = (skip + N * d + be - 1) / be * be;
+    auto run = [&](int64_t r, int thread) {
+        float *tmp = s.mix_tmp.get() + int64_t(thread) * s.mix_stride;
+        cpu::dequantize_row(type, s.rows[p.uniq_slot[r]] + b0 * bb, tmp, n_elems);
+        cpu::lut_mix(s.gate.get() + r * N, tmp + skip, N, d, s.x.get() + r * d);
+    };
+    if (pool && pool->size() > 1 && S >= 8) pool->parallel_for(S, std::ref(run));
+    else for (int64_t r = 0; r < S; ++r) run(r, 0);
+}
+
 // x += Down(gelu(Up h)) + sum_j g_j LUT[id][l][j], h = rmsnorm_post(x), g = softmax(router h).
 void ffn_block(const Model &m, int32_t il, Scratch &s, cpu::ThreadPool *pool) {
     const Hparams &hp = m.hp;
@@ -167,11 +192,7 @@ void ffn_block(const Model &m, int32_t il, Scratch &s, cpu::ThreadPool *pool) {
     matmul(w.ffn_down, s.ff.get(), S, s.tmp.get(), pool);
     float *x = s.x.get(), *o = s.tmp.get();
     for (int64_t i = 0; i < S * d; ++i) x[i] += o[i];
-    if (N > 0) {
-        const int64_t row = int64_t(hp.n_layer) * N * d;   // one token's [L, N, d]
-        for (int64_t r = 0; r < S; ++r)
-            cpu::lut_mix(s.gate.get() + r * N, s.experts.get() + p.uniq_slot[r] * row + il * N * d, N, d, x + r * d);
-    }
+    if (N > 0) mix_experts(m, il, s, pool);
 }
 
 // logits[n_out, V] = Out(rmsnorm_final(x[out_rows]))
@@ -191,12 +212,12 @@ void output_block(const Model &m, Scratch &s, float *logits, cpu::ThreadPool *po
 Status forward_step(const Model &m, Scratch &s, KvCache &kv, LutStore &lut, cpu::ThreadPool *pool,
                     const std::atomic<bool> &cancel, float *logits, StepTimes *times) {
     const StepPlan &p = s.plan;
-    embed(m, p, s.x.get());
-    if (m.hp.n_expert > 0) {
+    if (m.hp.n_expert > 0) {   // first, so the missed rows' reads overlap layer 0's attention
         double t0 = now_ms();
-        lut.gather(p.uniq, p.n_uniq, s.experts.get());
+        lut.prepare(p.uniq, p.n_uniq, s.rows.get());
         times->lut_ms += now_ms() - t0;
     }
+    embed(m, p, s.x.get());
     for (int32_t il = 0; il < m.hp.n_layer; ++il) {
         if (cancel.load(std::memory_order_relaxed))
             return set_error(MOLE_STATUS_CANCELLED, "decode cancelled at layer %d", il);
@@ -204,6 +225,11 @@ Status forward_step(const Model &m, Scratch &s, KvCache &kv, LutStore &lut, cpu:
         ffn_block(m, il, s, pool);
     }
     output_block(m, s, logits, pool);
+    if (m.hp.n_expert > 0) {
+        double t0 = now_ms();
+        lut.commit();
+        times->lut_ms += now_ms() - t0;
+    }
     return MOLE_STATUS_OK;
 }
 

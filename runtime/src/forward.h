@@ -29,9 +29,10 @@ struct StepPlan {
     int32_t n_out = 0;
 };
 
-// Activations and plan arrays for up to B = n_batch rows.
+// Activations and plan arrays for up to B = n_batch rows. No LUT row is expanded to f32 as a
+// whole: the mix dequantizes one layer's slice of one row at a time (mix_tmp).
 struct Scratch {
-    int32_t B = 0, U_max = 0;
+    int32_t B = 0, U_max = 0, n_threads = 1;
     std::unique_ptr<float[]> x;        // [B, d] residual stream
     std::unique_ptr<float[]> xn;       // [B, d] normed input (attn norm, ffn norm, final norm)
     std::unique_ptr<float[]> q;        // [B, n_head*hd]
@@ -40,7 +41,9 @@ struct Scratch {
     std::unique_ptr<float[]> tmp;      // [B, d] attention output / FFN output
     std::unique_ptr<float[]> ff;       // [B, D]
     std::unique_ptr<float[]> gate;     // [B, N] router weights
-    std::unique_ptr<float[]> experts;  // [U_max, L, N, d] the step's LUT rows
+    std::unique_ptr<const uint8_t *[]> rows;   // [U_max] raw LUT row of each distinct id (LutStore::prepare)
+    int64_t mix_stride = 0;                   // floats per thread in mix_tmp
+    std::unique_ptr<float[]> mix_tmp;         // [n_threads, N*d + 2 blocks] one layer's slice, dequantized
     std::unique_ptr<float[]> out_x;    // [B, d] final-normed rows whose logits are wanted
     std::unique_ptr<int32_t[]> ids, pos, uniq_slot, uniq, out_rows;   // [B]
     std::unique_ptr<int32_t[]> group_seq, group_start, group_len;     // [n_seq]
@@ -48,7 +51,7 @@ struct Scratch {
     std::unique_ptr<int32_t[]> token_mark;                            // [V] -1 or slot in uniq
     StepPlan plan;
 
-    Status init(const Model &m, int32_t n_batch, int32_t n_seq);
+    Status init(const Model &m, int32_t n_batch, int32_t n_seq, int32_t n_threads);
 };
 
 // KV cache: per sequence, per layer, [n_ctx, n_head_kv*hd] f32 for K and for V.

@@ -1,5 +1,5 @@
-// LUT store: gathers the LUT rows of a step's unique token ids out of the mapping (or a row cache
-// of raw row bytes, LRU) and dequantizes them into the step's expert buffer. One per context.
+// LUT store: finds the raw bytes of a step's LUT rows (row cache of raw row bytes, LRU, or the
+// mapping itself), starts reading missed rows at once, and fills the cache after the step.
 #pragma once
 
 #include <cstdint>
@@ -17,12 +17,19 @@ struct LutCounters {
 
 class LutStore {
 public:
-    // All memory is allocated here: a cache of cache_bytes (0: none), at most one row per token.
-    Status init(const Model &model, uint64_t cache_bytes);
+    // All memory is allocated here: a cache of cache_bytes (0: none), at most one row per token;
+    // max_uniq = the most distinct ids one step can hold (n_batch).
+    Status init(const Model &model, uint64_t cache_bytes, int32_t max_uniq);
 
-    // uniq[0..U): distinct token ids (< V). out [U, L, N, d] f32: row u = token uniq[u]'s
-    // expert outputs. Allocation-free.
-    void gather(const int32_t *uniq, int32_t U, float *out);
+    // uniq[0..U): distinct token ids (< V), U <= max_uniq. rows[u] = token uniq[u]'s raw row
+    // (row_bytes() bytes of the LUT's file type: [L, N, d] values): a cache slot or the mapping.
+    // Rows taken from the mapping get a WILLNEED hint over exactly their pages, so their reads
+    // start now, overlapped with layer 0's attention; a layer then waits only for its own slice.
+    // The pointers stay valid until the next prepare(). Allocation-free.
+    void prepare(const int32_t *uniq, int32_t U, const uint8_t **rows);
+    // After the step used the rows: copies those that came from the mapping (resident by now)
+    // into the cache, evicting the least recently used ones.
+    void commit();
 
     int64_t row_elems() const { return row_elems_; }     // L*N*d
     uint64_t row_bytes() const { return row_bytes_; }
@@ -44,6 +51,8 @@ private:
     std::unique_ptr<int32_t[]> token_of_;  // [capacity]
     std::unique_ptr<int32_t[]> prev_, next_;   // [capacity] LRU list, head_ = most recent
     int32_t head_ = -1, tail_ = -1;
+    std::unique_ptr<int32_t[]> missed_;    // [max_uniq] tokens of the last prepare() read from the mapping
+    int32_t n_missed_ = 0;
 };
 
 }  // namespace mole
