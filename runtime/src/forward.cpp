@@ -188,7 +188,7 @@ void ffn_block(const Model &m, int32_t il, Scratch &s, cpu::ThreadPool *pool) {
     const cpu::MatmulOut up[2] = {out_of(w.ffn_up, s.ff.get()), out_of(w.router, s.gate.get())};
     cpu::matmul_multi(up, N > 0 ? 2 : 1, d, s.xn.get(), S, pool);   // router rides along with Up
     if (N > 0) cpu::softmax(s.gate.get(), S, N);
-    cpu::gelu(s.ff.get(), S * hp.n_ff);
+    cpu::gelu(s.ff.get(), S * hp.n_ff, pool);
     matmul(w.ffn_down, s.ff.get(), S, s.tmp.get(), pool);
     float *x = s.x.get(), *o = s.tmp.get();
     for (int64_t i = 0; i < S * d; ++i) x[i] += o[i];

@@ -450,14 +450,27 @@ void test_gelu() {
     auto x = rng.vec(10001, -12.0f, 12.0f);
     const float extra[] = {0.0f, -0.0f, 1e-30f, -1e-30f, 1.0f, -1.0f, -5.0f, -8.5f, 30.0f, -30.0f, 3e38f};
     x.insert(x.end(), std::begin(extra), std::end(extra));
-    auto y = x;
-    gelu(y.data(), int64_t(y.size()));
-    double worst = 0;
-    for (size_t i = 0; i < x.size(); ++i) {
-        const double v = x[i], ref = 0.5 * v * std::erfc(-v / std::sqrt(2.0));
-        worst = std::max(worst, std::fabs(y[i] - ref) / (1e-5 * std::fabs(ref) + 1e-38));
+    ThreadPool pool(2);
+    for (Isa isa : isas()) {
+        set_isa(isa);
+        for (ThreadPool *pp : {static_cast<ThreadPool *>(nullptr), &pool}) {
+            auto y = x;
+            gelu(y.data(), int64_t(y.size()), pp);
+            double worst = 0;
+            for (size_t i = 0; i < x.size(); ++i) {
+                const double v = x[i], ref = 0.5 * v * std::erfc(-v / std::sqrt(2.0));
+                worst = std::max(worst, std::fabs(y[i] - ref) / (1e-6 * std::fabs(ref) + 1e-38));
+            }
+            check(worst <= 1.0, fmt("gelu (erf) rel 1e-6 over [-12, 12] and extremes [%s, %s]: err/tol = %.3g",
+                                    isa_name(isa), pp ? "pool" : "caller", worst));
+        }
     }
-    check(worst <= 1.0, fmt("gelu (erf) rel 1e-5 over [-12, 12] and extremes: err/tol = %.3g", worst));
+    // many elements, split over the pool in chunks: same values as on the caller
+    auto big = rng.vec(40000, -6.0f, 6.0f);
+    auto b1 = big, b2 = big;
+    gelu(b1.data(), int64_t(b1.size()), nullptr);
+    gelu(b2.data(), int64_t(b2.size()), &pool);
+    check(std::memcmp(b1.data(), b2.data(), b1.size() * 4) == 0, "gelu over the pool equals gelu on the caller");
 }
 
 void test_softmax() {

@@ -299,7 +299,8 @@ void rope(float *x, int64_t S, int64_t n_head, int64_t head_dim, const int32_t *
     }
 }
 
-void gelu(float *x, int64_t n) {
+namespace {
+void gelu_portable(float *x, int64_t n) {
     // 0.5 x (1 + erf(x / sqrt 2)) written with erfc so large negative x keeps full relative
     // precision. erfc(z) amplifies the relative rounding of its argument by 2 z^2, so below
     // x = -4 the argument is formed in double (relative error stays ~1e-7 everywhere).
@@ -308,6 +309,16 @@ void gelu(float *x, int64_t n) {
         x[i] = v >= -4.0f ? 0.5f * v * std::erfc(-v * 0.70710678118654752f)
                           : float(0.5 * double(v) * std::erfc(-double(v) * 0.70710678118654752440));
     }
+}
+}  // namespace
+
+void gelu(float *x, int64_t n, ThreadPool *pool) {
+    auto fn = active_isa() == Isa::Avx512 ? gelu_avx512 : gelu_portable;
+    constexpr int64_t kChunk = 16384;   // elements per task (a multiple of 16)
+    const int64_t n_tasks = (n + kChunk - 1) / kChunk;
+    if (!pool || pool->size() == 1 || n_tasks < 2) return fn(x, n);
+    auto run = [&](int64_t t, int) { fn(x + t * kChunk, std::min(kChunk, n - t * kChunk)); };
+    pool->parallel_for(n_tasks, std::ref(run));
 }
 
 void softmax(float *x, int64_t S, int64_t n) {

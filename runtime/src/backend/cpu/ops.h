@@ -51,8 +51,9 @@ void rmsnorm(const float *x, const float *w, int64_t S, int64_t d, float eps, fl
 void rope(float *x, int64_t S, int64_t n_head, int64_t head_dim, const int32_t *pos, float theta,
           float freq_scale);
 
-// x = 0.5 x (1 + erf(x / sqrt 2)) in place, n elements.
-void gelu(float *x, int64_t n);
+// x = 0.5 x (1 + erf(x / sqrt 2)) in place, n elements (relative error ~1e-7); large n is split
+// over pool (may be null).
+void gelu(float *x, int64_t n, ThreadPool *pool = nullptr);
 
 // Row-wise softmax in place, x[S, n].
 void softmax(float *x, int64_t S, int64_t n);
