@@ -41,9 +41,10 @@ LABELS = {"mole": "mole.cpp MoLE (LUT warm)", "mole-cold": "mole.cpp MoLE (LUT e
 
 # ---- file facts -------------------------------------------------------------------------------
 
-def gguf_layout(path: str | pathlib.Path) -> dict:
+def gguf_layout(path: str | pathlib.Path, weights_f32: bool = False) -> dict:
     """Bytes that one decode step reads from a GGUF (every matrix once, one embedding row, one LUT row),
-    and where the LUT lies in the file (lut_offset = 0 when there is none)."""
+    and where the LUT lies in the file (lut_offset = 0 when there is none). weights_f32: count every tensor
+    but the LUT at 4 bytes a value, as a runtime that dequantizes the weights at load (the PyTorch peer) reads."""
     import gguf
 
     r = gguf.GGUFReader(str(path))
@@ -55,10 +56,10 @@ def gguf_layout(path: str | pathlib.Path) -> dict:
             out.update(lut_offset=int(t.data_offset), lut_bytes=int(t.n_bytes), lut_row_bytes=int(t.n_bytes) // rows)
             per_token += int(t.n_bytes) // rows
         elif t.name == "token_embd.weight":
-            per_token += int(t.n_bytes) // rows
+            per_token += (4 * int(t.n_elements) if weights_f32 else int(t.n_bytes)) // rows
             out["embd_bytes"] = int(t.n_bytes)
         else:
-            per_token += int(t.n_bytes)
+            per_token += 4 * int(t.n_elements) if weights_f32 else int(t.n_bytes)
     out["bytes_per_token"] = per_token
     arch = r.fields["general.architecture"].contents()
     f = {k: int(r.fields[f"{arch}.{k}"].contents()) for k in ("block_count", "embedding_length",
@@ -262,7 +263,7 @@ def bench_model(path: str | pathlib.Path, *, dense: str | pathlib.Path | None = 
         files["llama"] = str(llama)
     if torch:
         files["torch"] = path
-    layouts = {name: gguf_layout(f) for name, f in files.items()}
+    layouts = {name: gguf_layout(f, weights_f32=name == "torch") for name, f in files.items()}
     lay = layouts["mole"]
     if cold and lay["lut_bytes"]:
         files["mole-cold"] = path
