@@ -75,14 +75,17 @@ void LutStore::prepare(const int32_t *uniq, int32_t U, const uint8_t **rows) {
 }
 
 void LutStore::commit() {
-    if (capacity_ == 0) {
-        n_missed_ = 0;
-        return;
-    }
-    // More misses than slots: only the last `capacity_` would survive, so copy only those.
+    // More misses than slots: only the last `capacity_` would survive, so copy only those. Every
+    // missed row's pages are then unmapped (not evicted from the page cache): a prompt's rows
+    // would otherwise stay in our RSS next to their cached copies.
     const int32_t first = std::max(0, n_missed_ - capacity_);
-    for (int32_t i = first; i < n_missed_; ++i) {
+    for (int32_t i = 0; i < n_missed_; ++i) {
         const int32_t v = missed_[i];
+        const uint64_t off = model_->lut.offset + uint64_t(v) * row_bytes_;
+        if (i < first) {
+            model_->file->advise_release(off, row_bytes_);
+            continue;
+        }
         int32_t s;
         if (n_used_ < capacity_) {
             s = n_used_++;
@@ -95,6 +98,7 @@ void LutStore::commit() {
         slot_of_[v] = s;
         token_of_[s] = v;
         touch(s);
+        model_->file->advise_release(off, row_bytes_);
     }
     n_missed_ = 0;
 }

@@ -105,6 +105,12 @@ void MappedFile::advise_random(uint64_t offset, uint64_t len) const {
         madvise(const_cast<uint8_t *>(data_) + s, static_cast<size_t>(e - s), MADV_RANDOM);
 }
 
+void MappedFile::advise_release(uint64_t offset, uint64_t len) const {
+    uint64_t s, e;
+    if (page_range(size_, offset, len, &s, &e))
+        madvise(const_cast<uint8_t *>(data_) + s, static_cast<size_t>(e - s), MADV_DONTNEED);
+}
+
 int64_t MappedFile::resident_pages(uint64_t offset, uint64_t len, int64_t *n_pages) const {
     uint64_t s, e;
     if (!page_range(size_, offset, len, &s, &e)) {

@@ -26,6 +26,9 @@ public:
     // Hints for byte range [offset, offset + len) of the file; ranges are widened to whole pages.
     void advise_willneed(uint64_t offset, uint64_t len) const;   // start reading it in now
     void advise_random(uint64_t offset, uint64_t len) const;     // no readahead around faults
+    // Drops this process's mapping of the pages (they stay in the page cache; a later touch is a
+    // minor fault): bytes already copied elsewhere stop counting in our RSS.
+    void advise_release(uint64_t offset, uint64_t len) const;
     // Pages of [offset, offset + len) resident in memory now, and the page count of the range
     // (-1 if the platform cannot tell).
     int64_t resident_pages(uint64_t offset, uint64_t len, int64_t *n_pages) const;
