@@ -11,6 +11,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 BUILD = REPO / "build-tests"
+# mole_convert.testing looks here first (an installed package cannot find ../shared by its own path).
+os.environ.setdefault("MOLE_SHARED_DATA", str(SHARED_DATA))
 
 
 def shared_data(*parts) -> Path | None:

@@ -14,8 +14,6 @@ tokenizers = pytest.importorskip("tokenizers")
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
-if not DATA.exists():
-    DATA = Path("/work/shared/data")
 NEOX_JSON = DATA / "tokenizers" / "gpt-neox-20b-tokenizer.json"
 CORPUS = sorted((DATA / "corpus").glob("*.txt"))
 SOURCES = ["tests/c/test_tokenizer.cpp", "runtime/src/tokenizer.cpp", "runtime/src/unicode.cpp",

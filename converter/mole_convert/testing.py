@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import pathlib
 
 import torch
@@ -13,8 +14,7 @@ from .config import MoleConfig
 from .model import MoleForCausalLM, reparameterize
 from .tokenizer_train import train_bpe_tokenizer
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-NEOX_TOKENIZER = REPO_ROOT.parent / "shared" / "data" / "tokenizers" / "gpt-neox-20b-tokenizer.json"
+NEOX_TOKENIZER_NAME = "tokenizers/gpt-neox-20b-tokenizer.json"
 NEOX_VOCAB = 50277
 
 _TINY_TEXT = """\
@@ -74,9 +74,22 @@ def random_model(config: MoleConfig, seed: int = 0, form: str = "training", dtyp
     return reparameterize(model) if form == "reparam" else model
 
 
+def shared_data_dirs() -> list[pathlib.Path]:
+    """Where the project's shared data folder may be: $MOLE_SHARED_DATA, then ../shared/data beside
+    the source checkout this module comes from, then beside the current directory (an installed
+    package lives in site-packages, far from the checkout)."""
+    dirs = [pathlib.Path(os.environ["MOLE_SHARED_DATA"])] if os.environ.get("MOLE_SHARED_DATA") else []
+    dirs.append(pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data")
+    dirs.append(pathlib.Path.cwd().resolve().parent / "shared" / "data")
+    return dirs
+
+
 def neox_tokenizer_path() -> pathlib.Path | None:
-    """The GPT-NeoX-20B tokenizer.json from ../shared/data, or None when that folder is absent."""
-    return NEOX_TOKENIZER if NEOX_TOKENIZER.is_file() else None
+    """The GPT-NeoX-20B tokenizer.json from the shared data folder, or None when it is absent."""
+    for d in shared_data_dirs():
+        if (d / NEOX_TOKENIZER_NAME).is_file():
+            return d / NEOX_TOKENIZER_NAME
+    return None
 
 
 def make_random_checkpoint(directory, config: MoleConfig, seed: int = 0, form: str = "training",
@@ -98,7 +111,8 @@ def make_random_checkpoint(directory, config: MoleConfig, seed: int = 0, form: s
     elif tokenizer == "neox":
         path = neox_tokenizer_path()
         if path is None:
-            raise FileNotFoundError(f"GPT-NeoX tokenizer not found at {NEOX_TOKENIZER}")
+            raise FileNotFoundError(f"GPT-NeoX tokenizer ({NEOX_TOKENIZER_NAME}) not found under "
+                                        f"{', '.join(map(str, shared_data_dirs()))}")
         if config.vocab_size < NEOX_VOCAB:
             raise ValueError(f"the neox tokenizer needs vocab_size >= {NEOX_VOCAB}, got {config.vocab_size}")
         tok = path.read_text()
