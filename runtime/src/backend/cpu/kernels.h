@@ -52,6 +52,8 @@ float dot_f32_avx2(const float *a, const float *b, int64_t n);
 //   scores[t] = scale * q . k_t;   out[hd] = sum_t p[t] v_t (overwrites out).
 void attn_scores_avx2(const float *q, const float *k, int64_t kv_stride, int64_t n_keys, int64_t hd, float scale,
                       float *scores);
+// x[t] = exp(x[t] - max x) for t < n; returns the sum (double). ~1e-7 relative per term.
+double softmax_exp_avx2(float *x, int64_t n);
 void attn_accum_avx2(const float *p, const float *v, int64_t kv_stride, int64_t n_keys, int64_t hd, float *out);
 
 }  // namespace mole::cpu

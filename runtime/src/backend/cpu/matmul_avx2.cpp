@@ -3,6 +3,9 @@
 // (|w| as the unsigned operand, x * sign(w) as the signed one); Q4_0 feeds the raw nibbles.
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include <cstring>
 
 #include "backend/cpu/kernels.h"
@@ -322,6 +325,51 @@ void attn_accum_avx2(const float *p, const float *v, int64_t kv_stride, int64_t 
         for (int64_t t = 0; t < n_keys; ++t) acc += p[t] * v[t * kv_stride + e];
         out[e] = acc;
     }
+}
+
+// Softmax numerator over one query's scores: x[t] = exp(x[t] - max_t x), returns sum_t x[t] in
+// double. exp: k = round(y log2e), r = y - k ln2 (Cody-Waite, FMA), e^r by Taylor to r^7 (|r| <=
+// 0.35: < 1e-8 relative), times 2^k built in the exponent bits; y is clamped at -87 (e^-87 is
+// ~1e-38 of the largest term, so the clamp changes nothing measurable).
+double softmax_exp_avx2(float *x, int64_t n) {
+    __m256 mv = _mm256_set1_ps(-INFINITY);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(x + i));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    float mx = _mm_cvtss_f32(m4);
+    for (; i < n; ++i) mx = std::max(mx, x[i]);
+    const __m256 vmx = _mm256_set1_ps(mx), lowest = _mm256_set1_ps(-87.0f), log2e = _mm256_set1_ps(1.44269504088896341f);
+    const __m256 ln2_hi = _mm256_set1_ps(0.693359375f), ln2_lo = _mm256_set1_ps(-2.12194440e-4f), one = _mm256_set1_ps(1.0f);
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    for (i = 0; i + 8 <= n; i += 8) {
+        const __m256 y = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmx), lowest);
+        const __m256 k = _mm256_round_ps(_mm256_mul_ps(y, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256 r = _mm256_fnmadd_ps(k, ln2_hi, y);
+        r = _mm256_fnmadd_ps(k, ln2_lo, r);
+        __m256 e = _mm256_set1_ps(1.0f / 5040.0f);
+        e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(1.0f / 720.0f));
+        e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(1.0f / 120.0f));
+        e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(1.0f / 24.0f));
+        e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(1.0f / 6.0f));
+        e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(0.5f));
+        e = _mm256_fmadd_ps(e, r, one);
+        e = _mm256_fmadd_ps(e, r, one);
+        const __m256i pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+        e = _mm256_mul_ps(e, _mm256_castsi256_ps(pow2));
+        _mm256_storeu_ps(x + i, e);
+        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    alignas(32) double part[4];
+    _mm256_store_pd(part, _mm256_add_pd(s0, s1));
+    double sum = (part[0] + part[1]) + (part[2] + part[3]);
+    for (; i < n; ++i) {
+        x[i] = std::exp(x[i] - mx);
+        sum += x[i];
+    }
+    return sum;
 }
 
 }  // namespace mole::cpu

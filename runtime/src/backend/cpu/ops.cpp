@@ -354,6 +354,17 @@ void attn_scores_portable(const float *q, const float *k, int64_t kv_stride, int
     for (int64_t t = 0; t < n_keys; ++t) scores[t] = dot_portable(q, k + t * kv_stride, hd) * scale;
 }
 
+double softmax_exp_portable(float *x, int64_t n) {
+    float mx = -INFINITY;
+    for (int64_t t = 0; t < n; ++t) mx = std::max(mx, x[t]);
+    double sum = 0.0;
+    for (int64_t t = 0; t < n; ++t) {
+        x[t] = std::exp(x[t] - mx);
+        sum += x[t];
+    }
+    return sum;
+}
+
 void attn_accum_portable(const float *p, const float *v, int64_t kv_stride, int64_t n_keys, int64_t hd, float *out) {
     std::fill_n(out, hd, 0.0f);
     for (int64_t t = 0; t < n_keys; ++t)
@@ -368,6 +379,7 @@ void attention(const float *q, const float *k, const float *v, int64_t kv_stride
     const bool simd = active_isa() != Isa::Portable;
     auto scores_fn = simd ? attn_scores_avx2 : attn_scores_portable;
     auto accum_fn = simd ? attn_accum_avx2 : attn_accum_portable;
+    auto exp_fn = simd ? softmax_exp_avx2 : softmax_exp_portable;
     const int64_t group = n_head / n_head_kv;
     const float scale = float(1.0 / std::sqrt(double(hd)));
     constexpr int64_t kQChunk = 16;   // queries per task
@@ -384,13 +396,7 @@ void attention(const float *q, const float *k, const float *v, int64_t kv_stride
             const int64_t n_keys = pos0 + s + 1;
             float *sc = scores.data();
             scores_fn(qv, k + kvh * hd, kv_stride, n_keys, hd, scale, sc);
-            float mx = -INFINITY;
-            for (int64_t t = 0; t < n_keys; ++t) mx = std::max(mx, sc[t]);
-            double sum = 0.0;
-            for (int64_t t = 0; t < n_keys; ++t) {
-                sc[t] = std::exp(sc[t] - mx);
-                sum += sc[t];
-            }
+            const double sum = exp_fn(sc, n_keys);
             float *o = out + (s * n_head + h) * hd;
             accum_fn(sc, v + kvh * hd, kv_stride, n_keys, hd, o);
             const float inv = float(1.0 / sum);
