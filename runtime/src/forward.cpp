@@ -179,7 +179,7 @@ void mix_experts(const Model &m, int32_t il, Scratch &s, cpu::ThreadPool *pool) 
 }
 
 // x += Down(gelu(Up h)) + sum_j g_j LUT[id][l][j], h = rmsnorm_post(x), g = softmax(router h).
-void ffn_block(const Model &m, int32_t il, Scratch &s, cpu::ThreadPool *pool) {
+void ffn_block(const Model &m, int32_t il, Scratch &s, LutStore &lut, cpu::ThreadPool *pool) {
     const Hparams &hp = m.hp;
     const LayerWeights &w = m.layers[il];
     const StepPlan &p = s.plan;
@@ -192,7 +192,10 @@ void ffn_block(const Model &m, int32_t il, Scratch &s, cpu::ThreadPool *pool) {
     matmul(w.ffn_down, s.ff.get(), S, s.tmp.get(), pool);
     float *x = s.x.get(), *o = s.tmp.get();
     for (int64_t i = 0; i < S * d; ++i) x[i] += o[i];
-    if (N > 0) mix_experts(m, il, s, pool);
+    if (N > 0) {
+        mix_experts(m, il, s, pool);
+        lut.finish_layer(il);   // slice copied to the cache, its pages unmapped
+    }
 }
 
 // logits[n_out, V] = Out(rmsnorm_final(x[out_rows]))
@@ -222,7 +225,7 @@ Status forward_step(const Model &m, Scratch &s, KvCache &kv, LutStore &lut, cpu:
         if (cancel.load(std::memory_order_relaxed))
             return set_error(MOLE_STATUS_CANCELLED, "decode cancelled at layer %d", il);
         attention_block(m, il, s, kv, pool);
-        ffn_block(m, il, s, pool);
+        ffn_block(m, il, s, lut, pool);
     }
     output_block(m, s, logits, pool);
     if (m.hp.n_expert > 0) {

@@ -10,19 +10,28 @@
 
 namespace mole {
 
+namespace {
+constexpr uint64_t kFaultAround = 65536;   // Linux's default fault_around_bytes
+}
+
 Status LutStore::init(const Model &model, uint64_t cache_bytes, int32_t max_uniq) {
     model_ = &model;
     const Hparams &hp = model.hp;
     row_elems_ = int64_t(hp.n_layer) * hp.n_expert * hp.n_embd;
+    slice_elems_ = int64_t(hp.n_expert) * hp.n_embd;
     row_bytes_ = hp.n_expert > 0 ? model.lut.row_bytes() : 0;
     capacity_ = 0;
     n_used_ = 0;
     n_missed_ = 0;
+    step_ = 0;
     head_ = tail_ = -1;
     if (row_bytes_ == 0) return MOLE_STATUS_OK;
+    cpu::type_traits(uint32_t(model.lut.type), &block_elems_, &block_bytes_);
     const uint64_t cap = cache_bytes < row_bytes_ ? 0 : std::min<uint64_t>(cache_bytes / row_bytes_, uint64_t(hp.n_vocab));
+    const size_t n_miss = size_t(std::max(1, std::min(max_uniq, hp.n_vocab)));
     try {
-        missed_.reset(new int32_t[size_t(std::max(1, std::min(max_uniq, hp.n_vocab)))]);
+        missed_.reset(new int32_t[n_miss]);
+        missed_slot_.reset(new int32_t[n_miss]);
         if (cap == 0) return MOLE_STATUS_OK;
         // Not value-initialized: cache pages are only touched when rows arrive.
         rows_.reset(new uint8_t[cap * row_bytes_]);
@@ -30,6 +39,7 @@ Status LutStore::init(const Model &model, uint64_t cache_bytes, int32_t max_uniq
         token_of_.reset(new int32_t[cap]);
         prev_.reset(new int32_t[cap]);
         next_.reset(new int32_t[cap]);
+        stamp_.reset(new uint64_t[cap]);
     } catch (const std::bad_alloc &) {
         return set_error(MOLE_STATUS_OUT_OF_MEMORY, "cannot allocate the LUT row cache (%s)",
                          human_bytes(cap * row_bytes_).c_str());
@@ -55,51 +65,65 @@ void LutStore::touch(int32_t s) {
 
 void LutStore::prepare(const int32_t *uniq, int32_t U, const uint8_t **rows) {
     const uint8_t *lut = model_->lut.data;
+    ++step_;
     n_missed_ = 0;
+    // Hits first: their slots are marked as this step's, so no miss below evicts them.
     for (int32_t u = 0; u < U; ++u) {
         const int32_t v = uniq[u];
         const int32_t s = capacity_ > 0 ? slot_of_[v] : -1;
-        if (s >= 0) {
-            counters.cache_hits++;
-            unlink(s);
-            touch(s);
-            rows[u] = rows_.get() + uint64_t(s) * row_bytes_;
-            continue;
-        }
+        if (s < 0) continue;
+        counters.cache_hits++;
+        unlink(s);
+        touch(s);
+        stamp_[s] = step_;
+        rows[u] = rows_.get() + uint64_t(s) * row_bytes_;
+    }
+    for (int32_t u = 0; u < U; ++u) {
+        const int32_t v = uniq[u];
+        if (capacity_ > 0 && slot_of_[v] >= 0) continue;
         rows[u] = lut + uint64_t(v) * row_bytes_;
         model_->file->advise_willneed(model_->lut.offset + uint64_t(v) * row_bytes_, row_bytes_);
-        missed_[n_missed_++] = v;
         counters.rows_fetched++;
         counters.bytes_fetched += row_bytes_;
+        int32_t s = -1;
+        if (n_used_ < capacity_) {
+            s = n_used_++;
+        } else if (capacity_ > 0 && stamp_[tail_] != step_) {
+            s = tail_;                          // evict the least recently used row
+            unlink(s);
+            if (slot_of_[token_of_[s]] == s) slot_of_[token_of_[s]] = -1;
+        }
+        if (s >= 0) {                           // reserved now, found by lookups after commit()
+            token_of_[s] = v;
+            stamp_[s] = step_;
+            touch(s);
+        }
+        missed_[n_missed_] = v;
+        missed_slot_[n_missed_++] = s;
+    }
+}
+
+void LutStore::finish_layer(int32_t il) {
+    // Whole blocks covering elements [il*N*d, (il+1)*N*d) of a row (as the mix reads them).
+    const int64_t b0 = int64_t(il) * slice_elems_ / block_elems_;
+    const int64_t b1 = ((int64_t(il) + 1) * slice_elems_ + block_elems_ - 1) / block_elems_;
+    const uint64_t off = uint64_t(b0 * block_bytes_), len = uint64_t((b1 - b0) * block_bytes_);
+    for (int32_t i = 0; i < n_missed_; ++i) {
+        const uint64_t row_off = uint64_t(missed_[i]) * row_bytes_;
+        if (missed_slot_[i] >= 0)
+            std::memcpy(rows_.get() + uint64_t(missed_slot_[i]) * row_bytes_ + off, model_->lut.data + row_off + off, len);
+        // Widened to the fault-around window (the kernel maps up to 64 KiB of already cached
+        // neighbours on each fault; MADV_RANDOM does not stop that): neighbours still in use by
+        // this step only fault in again, from the page cache.
+        const uint64_t a = (model_->lut.offset + row_off + off) / kFaultAround * kFaultAround;
+        const uint64_t e = (model_->lut.offset + row_off + off + len + kFaultAround - 1) / kFaultAround * kFaultAround;
+        model_->file->advise_release(a, e - a);
     }
 }
 
 void LutStore::commit() {
-    // More misses than slots: only the last `capacity_` would survive, so copy only those. Every
-    // missed row's pages are then unmapped (not evicted from the page cache): a prompt's rows
-    // would otherwise stay in our RSS next to their cached copies.
-    const int32_t first = std::max(0, n_missed_ - capacity_);
-    for (int32_t i = 0; i < n_missed_; ++i) {
-        const int32_t v = missed_[i];
-        const uint64_t off = model_->lut.offset + uint64_t(v) * row_bytes_;
-        if (i < first) {
-            model_->file->advise_release(off, row_bytes_);
-            continue;
-        }
-        int32_t s;
-        if (n_used_ < capacity_) {
-            s = n_used_++;
-        } else {
-            s = tail_;                      // evict the least recently used row
-            unlink(s);
-            slot_of_[token_of_[s]] = -1;
-        }
-        std::memcpy(rows_.get() + uint64_t(s) * row_bytes_, model_->lut.data + uint64_t(v) * row_bytes_, row_bytes_);
-        slot_of_[v] = s;
-        token_of_[s] = v;
-        touch(s);
-        model_->file->advise_release(off, row_bytes_);
-    }
+    for (int32_t i = 0; i < n_missed_; ++i)
+        if (missed_slot_[i] >= 0) slot_of_[missed_[i]] = missed_slot_[i];
     n_missed_ = 0;
 }
 

@@ -1,5 +1,5 @@
 // LUT store: finds the raw bytes of a step's LUT rows (row cache of raw row bytes, LRU, or the
-// mapping itself), starts reading missed rows at once, and fills the cache after the step.
+// mapping itself), starts reading missed rows at once, and fills the cache layer by layer.
 #pragma once
 
 #include <cstdint>
@@ -25,12 +25,16 @@ public:
     // (row_bytes() bytes of the LUT's file type: [L, N, d] values): a cache slot or the mapping.
     // Rows taken from the mapping get a WILLNEED hint over exactly their pages, so their reads
     // start now, overlapped with layer 0's attention; a layer then waits only for its own slice.
-    // The pointers stay valid until the next prepare(). Allocation-free.
+    // Each missed row gets a cache slot (LRU; none if every slot serves this step). The pointers
+    // stay valid until the next prepare(). Allocation-free.
     void prepare(const int32_t *uniq, int32_t U, const uint8_t **rows);
-    // After the step used the rows: copies those that came from the mapping (resident by now)
-    // into the cache, evicting the least recently used ones.
+    // Layer il is done with its slice of every missed row: the slice is copied into the row's
+    // cache slot, and its pages are unmapped (they stay in the page cache), so the step's rows
+    // never sit in RSS whole next to their cached copies.
+    void finish_layer(int32_t il);
+    // After the whole step: the missed rows' slots become valid. A step that stops early (cancel)
+    // skips this, and its partly filled slots are never found.
     void commit();
-
     int64_t row_elems() const { return row_elems_; }     // L*N*d
     uint64_t row_bytes() const { return row_bytes_; }
     uint64_t cache_bytes_used() const { return static_cast<uint64_t>(n_used_) * row_bytes_; }
@@ -51,8 +55,13 @@ private:
     std::unique_ptr<int32_t[]> token_of_;  // [capacity]
     std::unique_ptr<int32_t[]> prev_, next_;   // [capacity] LRU list, head_ = most recent
     int32_t head_ = -1, tail_ = -1;
-    std::unique_ptr<int32_t[]> missed_;    // [max_uniq] tokens of the last prepare() read from the mapping
+    std::unique_ptr<int32_t[]> missed_;       // [max_uniq] tokens of the last prepare() read from the mapping
+    std::unique_ptr<int32_t[]> missed_slot_;  // [max_uniq] their cache slots (-1: none)
+    std::unique_ptr<uint64_t[]> stamp_;       // [capacity] step that last used the slot
+    uint64_t step_ = 0;
     int32_t n_missed_ = 0;
+    int64_t slice_elems_ = 0;                 // N*d: one layer's part of a row
+    int64_t block_elems_ = 1, block_bytes_ = 4;
 };
 
 }  // namespace mole
