@@ -193,8 +193,9 @@ void ffn_block(const Model &m, int32_t il, Scratch &s, LutStore &lut, cpu::Threa
     float *x = s.x.get(), *o = s.tmp.get();
     for (int64_t i = 0; i < S * d; ++i) x[i] += o[i];
     if (N > 0) {
+        lut.fetch_layer(il);    // missed rows' slice il read into their cache slots
         mix_experts(m, il, s, pool);
-        lut.finish_layer(il);   // slice copied to the cache, its pages unmapped
+        lut.finish_layer(il);   // pages of rows read through the mapping unmapped
     }
 }
 

@@ -97,26 +97,45 @@ void LutStore::prepare(const int32_t *uniq, int32_t U, const uint8_t **rows) {
             token_of_[s] = v;
             stamp_[s] = step_;
             touch(s);
+            rows[u] = rows_.get() + uint64_t(s) * row_bytes_;   // filled by fetch_layer
         }
         missed_[n_missed_] = v;
         missed_slot_[n_missed_++] = s;
     }
 }
 
-void LutStore::finish_layer(int32_t il) {
+void LutStore::slice_range(int32_t il, uint64_t *off, uint64_t *len) const {
     // Whole blocks covering elements [il*N*d, (il+1)*N*d) of a row (as the mix reads them).
     const int64_t b0 = int64_t(il) * slice_elems_ / block_elems_;
     const int64_t b1 = ((int64_t(il) + 1) * slice_elems_ + block_elems_ - 1) / block_elems_;
-    const uint64_t off = uint64_t(b0 * block_bytes_), len = uint64_t((b1 - b0) * block_bytes_);
+    *off = uint64_t(b0 * block_bytes_);
+    *len = uint64_t((b1 - b0) * block_bytes_);
+}
+
+void LutStore::fetch_layer(int32_t il) {
+    uint64_t off, len;
+    slice_range(il, &off, &len);
     for (int32_t i = 0; i < n_missed_; ++i) {
-        const uint64_t row_off = uint64_t(missed_[i]) * row_bytes_;
-        if (missed_slot_[i] >= 0)
-            std::memcpy(rows_.get() + uint64_t(missed_slot_[i]) * row_bytes_ + off, model_->lut.data + row_off + off, len);
+        if (missed_slot_[i] < 0) continue;
+        const uint64_t src = model_->lut.offset + uint64_t(missed_[i]) * row_bytes_ + off;
+        uint8_t *dst = rows_.get() + uint64_t(missed_slot_[i]) * row_bytes_ + off;
+        if (!model_->file->read_at(src, dst, len))   // I/O error: the mapping reports it (SIGBUS) or has it
+            std::memcpy(dst, model_->file->data() + src, len);
+    }
+}
+
+void LutStore::finish_layer(int32_t il) {
+    uint64_t off, len;
+    slice_range(il, &off, &len);
+    for (int32_t i = 0; i < n_missed_; ++i) {
+        if (missed_slot_[i] >= 0) continue;
         // Widened to the fault-around window (the kernel maps up to 64 KiB of already cached
-        // neighbours on each fault; MADV_RANDOM does not stop that): neighbours still in use by
-        // this step only fault in again, from the page cache.
-        const uint64_t a = (model_->lut.offset + row_off + off) / kFaultAround * kFaultAround;
-        const uint64_t e = (model_->lut.offset + row_off + off + len + kFaultAround - 1) / kFaultAround * kFaultAround;
+        // neighbours on each fault; MADV_RANDOM does not stop that), aligned in virtual addresses
+        // as the kernel aligns it. Neighbours still in use by this step only fault in again.
+        const uint64_t base = reinterpret_cast<uintptr_t>(model_->file->data());
+        const uint64_t lo = base + model_->lut.offset + uint64_t(missed_[i]) * row_bytes_ + off, hi = lo + len;
+        const uint64_t a = std::max(base, lo / kFaultAround * kFaultAround) - base;
+        const uint64_t e = (hi + kFaultAround - 1) / kFaultAround * kFaultAround - base;
         model_->file->advise_release(a, e - a);
     }
 }

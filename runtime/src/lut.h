@@ -21,16 +21,19 @@ public:
     // max_uniq = the most distinct ids one step can hold (n_batch).
     Status init(const Model &model, uint64_t cache_bytes, int32_t max_uniq);
 
-    // uniq[0..U): distinct token ids (< V), U <= max_uniq. rows[u] = token uniq[u]'s raw row
-    // (row_bytes() bytes of the LUT's file type: [L, N, d] values): a cache slot or the mapping.
-    // Rows taken from the mapping get a WILLNEED hint over exactly their pages, so their reads
-    // start now, overlapped with layer 0's attention; a layer then waits only for its own slice.
-    // Each missed row gets a cache slot (LRU; none if every slot serves this step). The pointers
-    // stay valid until the next prepare(). Allocation-free.
+    // uniq[0..U): distinct token ids (< V), U <= max_uniq. rows[u] = where token uniq[u]'s raw
+    // row (row_bytes() bytes of the LUT's file type: [L, N, d] values) is read by the mix: a cache
+    // slot, or for a miss without a slot (cache off, or every slot serves this step) the mapping.
+    // Missed rows get a WILLNEED hint over exactly their pages, so their reads start now,
+    // overlapped with layer 0's attention. A missed row's slot is filled one layer slice at a
+    // time (fetch_layer), so a layer waits only for its own slice. Allocation-free.
     void prepare(const int32_t *uniq, int32_t U, const uint8_t **rows);
-    // Layer il is done with its slice of every missed row: the slice is copied into the row's
-    // cache slot, and its pages are unmapped (they stay in the page cache), so the step's rows
-    // never sit in RSS whole next to their cached copies.
+    // Before layer il's mix: preads layer il's slice of every missed row into its slot (no
+    // mapping: the file pages never count in RSS; with large page-cache folios a mapped fault
+    // can map far more than the row).
+    void fetch_layer(int32_t il);
+    // After layer il's mix: unmaps the slice's pages of missed rows read through the mapping
+    // (they stay in the page cache).
     void finish_layer(int32_t il);
     // After the whole step: the missed rows' slots become valid. A step that stops early (cancel)
     // skips this, and its partly filled slots are never found.
@@ -62,6 +65,7 @@ private:
     int32_t n_missed_ = 0;
     int64_t slice_elems_ = 0;                 // N*d: one layer's part of a row
     int64_t block_elems_ = 1, block_bytes_ = 4;
+    void slice_range(int32_t il, uint64_t *off, uint64_t *len) const;   // layer il's bytes in a row
 };
 
 }  // namespace mole

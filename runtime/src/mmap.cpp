@@ -111,6 +111,20 @@ void MappedFile::advise_release(uint64_t offset, uint64_t len) const {
         madvise(const_cast<uint8_t *>(data_) + s, static_cast<size_t>(e - s), MADV_DONTNEED);
 }
 
+bool MappedFile::read_at(uint64_t offset, void *dst, uint64_t len) const {
+    if (offset > size_ || len > size_ - offset) return false;
+    uint8_t *p = static_cast<uint8_t *>(dst);
+    while (len > 0) {
+        const ssize_t n = pread(fd_, p, static_cast<size_t>(len), static_cast<off_t>(offset));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return false;
+        p += n;
+        offset += static_cast<uint64_t>(n);
+        len -= static_cast<uint64_t>(n);
+    }
+    return true;
+}
+
 int64_t MappedFile::resident_pages(uint64_t offset, uint64_t len, int64_t *n_pages) const {
     uint64_t s, e;
     if (!page_range(size_, offset, len, &s, &e)) {

@@ -29,6 +29,9 @@ public:
     // Drops this process's mapping of the pages (they stay in the page cache; a later touch is a
     // minor fault): bytes already copied elsewhere stop counting in our RSS.
     void advise_release(uint64_t offset, uint64_t len) const;
+    // Copies file bytes [offset, offset + len) into dst with pread (no mapping of the pages, so
+    // they never count in RSS); false on an I/O error or a short read.
+    bool read_at(uint64_t offset, void *dst, uint64_t len) const;
     // Pages of [offset, offset + len) resident in memory now, and the page count of the range
     // (-1 if the platform cannot tell).
     int64_t resident_pages(uint64_t offset, uint64_t len, int64_t *n_pages) const;
