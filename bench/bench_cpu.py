@@ -71,9 +71,11 @@ def gguf_layout(path: str | pathlib.Path, weights_f32: bool = False) -> dict:
 
 
 def evict(path: str | pathlib.Path, offset: int) -> None:
-    """Drops the file's pages from offset to its end from the page cache."""
+    """Drops the file's pages from offset to its end from the page cache (written back first: dirty pages of
+    a freshly converted file cannot be dropped)."""
     fd = os.open(path, os.O_RDONLY)
     try:
+        os.fdatasync(fd)
         os.posix_fadvise(fd, offset, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
