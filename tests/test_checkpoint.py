@@ -249,3 +249,16 @@ def test_save_checkpoint_validates_and_replaces(tmp_path):
     save_checkpoint(model, cfg, tmp_path, dtype=torch.bfloat16)  # overwriting an existing checkpoint works
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == "bfloat16"
+
+
+def test_saved_files_have_ordinary_permissions(tmp_path):
+    import os
+    import stat
+    cfg = tiny_config()
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(random_model(cfg), cfg, tmp_path)
+    finally:
+        os.umask(old)
+    for p in tmp_path.iterdir():
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644, p.name   # not mkstemp's 0600

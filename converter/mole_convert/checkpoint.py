@@ -318,6 +318,9 @@ def _atomic_write(path: pathlib.Path, write) -> None:
     os.close(fd)
     try:
         write(pathlib.Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600; the result is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
