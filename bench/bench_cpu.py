@@ -139,8 +139,9 @@ def machine() -> dict:
 
 def read_bandwidth(threads: int, mb: int = 1024) -> dict:
     """Memory read bandwidth in GB/s with `threads` threads: the runtime's bench_ops stream-read when it is
-    built, else numpy sums over an `mb` MB array split between threads."""
-    tool = REPO / "build" / "bench_ops"
+    built (beside $MOLE_LIB, else in build/), else numpy sums over an `mb` MB array split between threads."""
+    lib = os.environ.get("MOLE_LIB")   # the build the runs use, when given
+    tool = (pathlib.Path(lib).parent if lib else REPO / "build") / "bench_ops"
     if tool.exists():
         try:
             out = subprocess.run([str(tool), "--types", "q8_0", "--isa", "portable", "--threads", str(threads),
