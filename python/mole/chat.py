@@ -49,12 +49,18 @@ def render_chat(messages, template: str | None, model) -> tuple[str, list[str]]:
         i = md.get(key)
         return tokens[i] if isinstance(i, int) and 0 <= i < len(tokens) else ""
 
-    stops = [] if template else list(DEFAULT_STOPS)
+    specials = dict(bos_token=tok("tokenizer.ggml.bos_token_id"), eos_token=tok("tokenizer.ggml.eos_token_id"))
     try:
         tpl = env.from_string(template or DEFAULT_TEMPLATE)
-        text = tpl.render(messages=msgs, add_generation_prompt=True, bos_token=tok("tokenizer.ggml.bos_token_id"),
-                          eos_token=tok("tokenizer.ggml.eos_token_id"))
+        text = tpl.render(messages=msgs, add_generation_prompt=True, **specials)
+        # A base model does not know where its turn ends: also stop where the template would start
+        # the next user turn ("User:" for a transcript template).
+        probe = tpl.render(messages=[{"role": "user", "content": "\x00"}], add_generation_prompt=False, **specials)
     except jinja2.TemplateError as e:
         raise errors.FormatError(f"chat template failed to render: {e}") from None
+    user_prefix = probe.split("\x00")[0].strip() if "\x00" in probe else ""
+    stops = ["\n" + user_prefix] if user_prefix else []
+    if not template:
+        stops += [s for s in DEFAULT_STOPS if s not in stops]
     return text, stops
 
