@@ -13,16 +13,9 @@
 #include "gguf.h"
 #include "mole.h"
 
+#include "check.h"
 using namespace mole;
 
-static int g_failures = 0;
-#define CHECK(cond)                                                                        \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);  \
-            ++g_failures;                                                                  \
-        }                                                                                  \
-    } while (0)
 
 // ---- a tiny GGUF writer ---------------------------------------------------------------------
 

@@ -11,6 +11,7 @@
 
 #include "sampler.h"
 
+#include "check.h"
 using namespace mole;
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -25,14 +26,6 @@ void *operator new(std::size_t n) {
 void operator delete(void *p) noexcept { std::free(p); }
 void operator delete(void *p, std::size_t) noexcept { std::free(p); }
 
-static int g_failures = 0;
-#define CHECK(cond)                                                                        \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            g_failures++;                                                                  \
-        }                                                                                  \
-    } while (0)
 
 static mole_sampler_params params(float temp, int32_t top_k = 0, float top_p = 1.0f, float min_p = 0.0f,
                                   uint64_t seed = 1234) {

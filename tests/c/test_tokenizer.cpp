@@ -12,16 +12,9 @@
 #include "tokenizer.h"
 #include "unicode.h"
 
+#include "check.h"
 using namespace mole;
 
-static int g_failures = 0;
-#define CHECK(cond)                                                              \
-    do {                                                                         \
-        if (!(cond)) {                                                           \
-            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            g_failures++;                                                        \
-        }                                                                        \
-    } while (0)
 
 static std::string nfc(const std::string &s) {
     std::string out;
