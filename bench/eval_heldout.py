@@ -8,13 +8,16 @@ cut at a line break).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import pathlib
 import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "python"), str(REPO / "converter")]
+for _pkg, _dir in (("mole", "python"), ("mole_convert", "converter")):   # installed packages win
+    if importlib.util.find_spec(_pkg) is None:
+        sys.path.append(str(REPO / _dir))
 
 import numpy as np  # noqa: E402
 
