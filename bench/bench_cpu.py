@@ -296,7 +296,7 @@ def bench_model(path: str | pathlib.Path, *, dense: str | pathlib.Path | None = 
             runs[v].append(r)
             log(f"round {rep + 1}/{repeats} {v}: prompt {prompt / r['prompt_s']:.1f} tok/s, decode "
                 f"{len(r['step_s']) / sum(r['step_s']):.1f} tok/s")
-    bw = bandwidth or read_bandwidth(threads)
+    bw = bandwidth or read_bandwidth(threads)   # right after the rounds: the load they saw
     res = summarize(runs, layouts, bw, prompt, gen)
     res.update(files=files, threads=threads, prompt=prompt, gen=gen, repeats=repeats, bandwidth=bw)
     return res
@@ -419,7 +419,6 @@ def main(argv=None) -> int:
     if (a.model is None) == (a.shape is None):
         p.error("give --shape or --model (not both)")
     mach = machine()
-    bw = read_bandwidth(a.threads)
     import llama_peer
 
     llama_note = llama_peer.available() if "llama" not in skip else "llama.cpp skipped (--skip)"
@@ -439,8 +438,7 @@ def main(argv=None) -> int:
             twin = (a.workdir if a.shape else pathlib.Path(path).parent) / f"llama-twin-{pathlib.Path(path).stem}.gguf"
             llama = llama_peer.write_llama_gguf(path, twin)
         res = bench_model(path, dense=None if "dense" in skip else dense, llama=llama, torch="torch" not in skip,
-                          cold="cold" not in skip, threads=a.threads, prompt=a.prompt, gen=a.gen, repeats=a.repeats,
-                          bandwidth=bw)
+                          cold="cold" not in skip, threads=a.threads, prompt=a.prompt, gen=a.gen, repeats=a.repeats)
         res["notes"] = [llama_note] if llama_note else []
         results[name] = res
         print(f"\n### {name}\n\n{_header(mach, a)}\n\n{table(res)}\n", flush=True)
