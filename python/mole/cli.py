@@ -51,7 +51,8 @@ def cmd_run(a) -> int:
         sys.stdout.flush()
         t0 = time.perf_counter()
         n = 0
-        for piece in m.generate(prompt, max_tokens=a.n_predict, stream=True, **_sampling(a)):
+        for piece in m.generate(prompt, max_tokens=a.n_predict, stream=True, ignore_eos=a.ignore_eos,
+                                **_sampling(a)):
             sys.stdout.write(piece)
             sys.stdout.flush()
             n += 1
@@ -222,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-p", "--prompt", default=None, help="prompt text (default: read stdin)")
     r.add_argument("-n", "--n-predict", type=int, default=128, help="tokens to generate (default 128)")
     r.add_argument("-v", "--verbose", action="store_true", help="print counters to stderr")
+    r.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-text tokens")
     _add_sampling_args(r)
     r.set_defaults(fn=cmd_run)
 

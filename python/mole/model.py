@@ -241,12 +241,12 @@ class Model:
     def generate(self, prompt, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
                  top_p: float = 0.95, seed: int | None = None, stop=None, stream: bool = False,
                  *, min_p: float = 0.05, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
-                 add_bos: bool = False):
+                 add_bos: bool = False, ignore_eos: bool = False):
         """Completes prompt (str or token ids). temperature=0 is greedy. stop: a string or list of
-        strings that end the text (not included). Returns the text, or with stream=True an
-        iterator of text pieces."""
+        strings that end the text (not included). ignore_eos: keep going past end-of-text tokens.
+        Returns the text, or with stream=True an iterator of text pieces."""
         it = self._generate_iter(prompt, max_tokens, temperature, top_k, top_p, seed, stop, min_p,
-                                 repeat_penalty, repeat_last_n, add_bos)
+                                 repeat_penalty, repeat_last_n, add_bos, ignore_eos)
         if stream:
             return (piece for piece, _ in it)
         return "".join(piece for piece, _ in it)
@@ -271,7 +271,7 @@ class Model:
         return ffi.gc(out[0], lib.mole_sampler_free)
 
     def _generate_iter(self, prompt, max_tokens, temperature, top_k, top_p, seed, stop, min_p,
-                       repeat_penalty, repeat_last_n, add_bos) -> Iterator[tuple[str, str | None]]:
+                       repeat_penalty, repeat_last_n, add_bos, ignore_eos=False) -> Iterator[tuple[str, str | None]]:
         """Yields (text piece, None) and finally ("", finish_reason) where finish_reason is
         "stop" (EOS or a stop string) or "length"."""
         if not isinstance(max_tokens, int) or max_tokens < 0:
@@ -282,9 +282,9 @@ class Model:
         if ids.size > self.n_ctx:
             raise errors.ContextFullError(f"the prompt has {ids.size} tokens; the context holds {self.n_ctx}")
         sampler = self._sampler(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
-        return self._generate_steps(ids, max_tokens, sampler, StopMatcher(stop))
+        return self._generate_steps(ids, max_tokens, sampler, StopMatcher(stop), ignore_eos)
 
-    def _generate_steps(self, ids, max_tokens, sampler, stops: StopMatcher):
+    def _generate_steps(self, ids, max_tokens, sampler, stops: StopMatcher, ignore_eos: bool):
         ffi, lib = self._L.ffi, self._lib
         for t in ids:
             lib.mole_sampler_accept(sampler, int(t))
@@ -297,7 +297,7 @@ class Model:
         for i in range(max_tokens):
             _ffi.check(lib.mole_sampler_sample(sampler, ffi.from_buffer("float[]", logits), self.n_vocab, tok))
             t = int(tok[0])
-            if lib.mole_token_is_eog(self._model, t):
+            if not ignore_eos and lib.mole_token_is_eog(self._model, t):
                 finish = "stop"
                 break
             buf, n = _ffi.call_sized(lib.mole_decoder_push, decoder, t, initial=64)
