@@ -26,9 +26,9 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
-for _p in (BENCH, REPO / "converter", REPO / "python"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+if str(REPO / "bench") not in sys.path:
+    sys.path.insert(0, str(REPO / "bench"))
+import common  # noqa: E402,F401  (puts the source tree's packages on sys.path when none is installed)
 
 import numpy as np  # noqa: E402
 
@@ -235,9 +235,7 @@ def worker(runtime: str, path: str, prompt_len: int, n_gen: int, threads: int, s
 
 def run_in_subprocess(runtime: str, path: str | pathlib.Path, prompt_len: int, n_gen: int, threads: int,
                       seed: int = 0, timeout: float = 1800) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "python"), str(REPO / "converter"), str(BENCH)]
-                                        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env = dict(os.environ)   # the worker finds the same packages this process found (bench/common.py)
     env.setdefault("OMP_NUM_THREADS", str(threads))
     cmd = [sys.executable, str(BENCH / "bench_cpu.py"), "--worker", runtime, "--model", str(path),
            "--prompt", str(prompt_len), "--gen", str(n_gen), "--threads", str(threads), "--seed", str(seed)]

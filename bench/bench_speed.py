@@ -18,7 +18,9 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "python"), str(REPO / "converter"), str(REPO / "bench")]
+if str(REPO / "bench") not in sys.path:
+    sys.path.insert(0, str(REPO / "bench"))
+import common  # noqa: E402,F401  (puts the source tree's packages on sys.path when none is installed)
 
 import numpy as np  # noqa: E402
 

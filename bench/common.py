@@ -2,6 +2,7 @@
 random-weight checkpoint and converts it to GGUF once into a work folder (the checkpoint is deleted after)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import pathlib
@@ -10,9 +11,13 @@ import subprocess
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-for _p in (REPO / "bench", REPO / "converter", REPO / "python"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+if str(REPO / "bench") not in sys.path:
+    sys.path.insert(0, str(REPO / "bench"))
+# The source tree's packages only when none is installed: an installed mole carries its libmole,
+# the tree's python/mole needs MOLE_LIB (dev builds set PYTHONPATH and MOLE_LIB themselves).
+for _pkg, _dir in (("mole", "python"), ("mole_convert", "converter")):
+    if importlib.util.find_spec(_pkg) is None:
+        sys.path.append(str(REPO / _dir))
 
 # The paper's shapes (d, L, heads, FFN for shared and experts, N, V=50304) plus a quick one.
 SHAPES = {

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "python"), str(REPO / "converter")]
+if str(REPO / "bench") not in sys.path:
+    sys.path.insert(0, str(REPO / "bench"))
+import common  # noqa: E402,F401  (puts the source tree's packages on sys.path when none is installed)
 
 from mole_convert.config import MoleConfig  # noqa: E402
 from mole_convert.testing import make_tiny_tokenizer_json, neox_tokenizer_path, NEOX_VOCAB  # noqa: E402
@@ -103,7 +105,10 @@ def run_convert(ckpt: pathlib.Path, out: pathlib.Path, lut_type: str, threads: i
     if memory_mb:
         cmd += ["--memory-mb", str(memory_mb)]
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "python"), str(REPO / "converter"), env.get("PYTHONPATH", "")])
+    import mole
+    import mole_convert
+    roots = [str(pathlib.Path(pkg.__file__).resolve().parents[1]) for pkg in (mole, mole_convert)]
+    env["PYTHONPATH"] = os.pathsep.join(roots + [env.get("PYTHONPATH", "")])   # the packages this process uses
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env)
     _, status, ru = os.wait4(proc.pid, 0)

@@ -8,16 +8,14 @@ cut at a line break).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import pathlib
 import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-for _pkg, _dir in (("mole", "python"), ("mole_convert", "converter")):   # installed packages win
-    if importlib.util.find_spec(_pkg) is None:
-        sys.path.append(str(REPO / _dir))
+sys.path.insert(0, str(REPO / "bench"))
+import common  # noqa: E402,F401  (puts the source tree's packages on sys.path when none is installed)
 
 import numpy as np  # noqa: E402
 
