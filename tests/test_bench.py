@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +19,13 @@ VARIANT_FIELDS = ("prompt_tps", "decode_tps", "step_ms_median", "bytes_per_token
 
 
 def _env():
+    """The environment for subprocesses: they import the same mole / mole_convert as this process
+    (the installed packages in CI, the source tree with MOLE_LIB in a dev loop)."""
+    import mole
+    import mole_convert
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "python"), str(REPO / "converter")]
-                                        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    roots = [str(Path(pkg.__file__).resolve().parents[1]) for pkg in (mole, mole_convert)]
+    env["PYTHONPATH"] = os.pathsep.join(roots + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     return env
 
 
