@@ -98,3 +98,17 @@ def test_perplexity(model, tmp_path):
     lp -= np.log(np.exp(lp).sum(1, keepdims=True))
     nll = -lp[np.arange(len(ids) - 1), ids[1:]].sum()
     assert got == pytest.approx(nll / math.log(2) / len(body.encode()), rel=1e-3)
+
+
+def test_bench_without_source_tree(model, tmp_path, monkeypatch):
+    """An installed package has no bench/ harness: `mole bench` then measures the model alone."""
+    path, _ = model
+    import os
+    env = dict(os.environ, MOLE_BENCH_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-m", "mole", "bench", "-m", str(path), "--prompt-tokens", "16",
+                        "--gen-tokens", "4", "--repeats", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "prompt 16 tokens:" in r.stdout and "decode 4 tokens:" in r.stdout and "tokens/s" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "mole", "bench", "-m", str(path), "--dense", str(path)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1 and "MOLE_BENCH_DIR" in r.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 
@@ -151,9 +152,17 @@ def cmd_bench(a) -> int:
     import importlib
     from pathlib import Path
 
-    bench_dir = Path(__file__).resolve().parents[2] / "bench"
-    if not (bench_dir / "bench_cpu.py").is_file():
-        raise errors.MoleError(f"mole bench runs bench/bench_cpu.py of a mole.cpp source tree; not found in {bench_dir}")
+    if os.environ.get("MOLE_BENCH_DIR"):      # where the harness is (a folder without it: the simple bench)
+        candidates = [Path(os.environ["MOLE_BENCH_DIR"])]
+    else:
+        candidates = [Path(__file__).resolve().parents[2] / "bench", Path.cwd() / "bench"]
+    bench_dir = next((d for d in candidates if (d / "bench_cpu.py").is_file()), None)
+    if bench_dir is None:
+        if a.dense or a.llama or a.torch:
+            raise errors.MoleError("--dense/--llama/--torch need bench/bench_cpu.py of a mole.cpp source tree "
+                                   "(run from the checkout, or set MOLE_BENCH_DIR); looked in "
+                                   + ", ".join(map(str, candidates)))
+        return _bench_simple(a)
     if str(bench_dir) not in sys.path:
         sys.path.insert(0, str(bench_dir))
     bench_cpu = importlib.import_module("bench_cpu")
@@ -180,6 +189,37 @@ def cmd_bench(a) -> int:
     if a.json:
         import json
         Path(a.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+def _bench_simple(a) -> int:
+    """Prompt and decode speed of one model with the package alone (no source tree): medians of repeats."""
+    import statistics
+
+    import numpy as np
+
+    from . import Model, demo_model_path
+
+    n_ctx = max(a.prompt_tokens, 8 + a.gen_tokens) + 8
+    with Model(a.model or demo_model_path(), n_ctx=n_ctx, n_threads=a.threads) as m:
+        prompt = np.random.default_rng(0).integers(1, m.n_vocab, size=max(a.prompt_tokens, 8 + a.gen_tokens)).tolist()
+        pp, tg = [], []
+        for _ in range(a.repeats):
+            m.reset()
+            t0 = time.perf_counter()
+            m.eval(prompt[:a.prompt_tokens])
+            pp.append(a.prompt_tokens / (time.perf_counter() - t0))
+            m.reset()
+            m.eval(prompt[:8])
+            t0 = time.perf_counter()
+            for t in prompt[8:8 + a.gen_tokens]:
+                m.eval([t])
+            tg.append(a.gen_tokens / (time.perf_counter() - t0))
+        s = m.stats()
+        print(f"model {m!r}\n{m.n_threads} threads (the harness with peers needs the source tree's bench/)\n"
+              f"prompt {a.prompt_tokens} tokens: {statistics.median(pp):.1f} tokens/s (median of {a.repeats})\n"
+              f"decode {a.gen_tokens} tokens: {statistics.median(tg):.1f} tokens/s\n"
+              f"LUT rows fetched {s['lut_rows_fetched']}, bytes {s['lut_bytes_fetched']}, cache hits {s['lut_cache_hits']}")
     return 0
 
 
