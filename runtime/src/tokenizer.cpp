@@ -182,6 +182,20 @@ bool Tokenizer::is_eog(int32_t id) const {
     return id >= 0 && std::find(eog_.begin(), eog_.end(), id) != eog_.end();
 }
 
+// Emits the added tokens of `set` found in text as their ids and hands the text between them to
+// encode_rest, in order (leftmost, then longest match, as HF).
+template <typename Set, typename Fn>
+static void split_added(const Set &set, std::string_view text, std::vector<int32_t> &out, Fn &&encode_rest) {
+    size_t pos = 0, start, len;
+    int32_t id;
+    while (set.find(text, pos, &start, &len, &id)) {
+        encode_rest(text.substr(pos, start - pos), out);
+        out.push_back(id);
+        pos = start + len;
+    }
+    encode_rest(text.substr(pos), out);
+}
+
 void Tokenizer::encode(std::string_view text, bool add_bos, bool parse_special, std::vector<int32_t> &out) const {
     if (add_bos && data_.bos >= 0) out.push_back(data_.bos);
     if (!parse_special || !control_) {
@@ -189,14 +203,8 @@ void Tokenizer::encode(std::string_view text, bool add_bos, bool parse_special, 
         return;
     }
     // Control tokens are matched in the raw text (HF: special tokens are not normalized).
-    size_t pos = 0, start, len;
-    int32_t id;
-    while (control_->find(text, pos, &start, &len, &id)) {
-        encode_normalized(text.substr(pos, start - pos), out);
-        out.push_back(id);
-        pos = start + len;
-    }
-    encode_normalized(text.substr(pos), out);
+    split_added(*control_, text, out,
+                [this](std::string_view part, std::vector<int32_t> &o) { encode_normalized(part, o); });
 }
 
 void Tokenizer::encode_normalized(std::string_view text, std::vector<int32_t> &out) const {
@@ -211,14 +219,8 @@ void Tokenizer::encode_normalized(std::string_view text, std::vector<int32_t> &o
         return;
     }
     // User-defined added tokens are matched in the normalized text, before pre-tokenization.
-    size_t pos = 0, start, len;
-    int32_t id;
-    while (user_->find(text, pos, &start, &len, &id)) {
-        encode_plain(text.substr(pos, start - pos), out);
-        out.push_back(id);
-        pos = start + len;
-    }
-    encode_plain(text.substr(pos), out);
+    split_added(*user_, text, out,
+                [this](std::string_view part, std::vector<int32_t> &o) { encode_plain(part, o); });
 }
 
 void Tokenizer::encode_plain(std::string_view text, std::vector<int32_t> &out) const {
