@@ -321,21 +321,6 @@ void gelu(float *x, int64_t n, ThreadPool *pool) {
     pool->parallel_for(n_tasks, std::ref(run));
 }
 
-void softmax(float *x, int64_t S, int64_t n) {
-    for (int64_t s = 0; s < S; ++s) {
-        float *r = x + s * n;
-        float mx = -INFINITY;
-        for (int64_t i = 0; i < n; ++i) mx = std::max(mx, r[i]);
-        double sum = 0.0;
-        for (int64_t i = 0; i < n; ++i) {
-            r[i] = std::exp(r[i] - mx);
-            sum += r[i];
-        }
-        const float inv = float(1.0 / sum);
-        for (int64_t i = 0; i < n; ++i) r[i] *= inv;
-    }
-}
-
 void lut_mix(const float *g, const float *rows, int64_t N, int64_t d, float *out) {
     for (int64_t j = 0; j < N; ++j) {
         const float gj = g[j];
@@ -372,6 +357,14 @@ void attn_accum_portable(const float *p, const float *v, int64_t kv_stride, int6
 }
 
 }  // namespace
+
+void softmax(float *x, int64_t S, int64_t n) {
+    for (int64_t s = 0; s < S; ++s) {
+        float *r = x + s * n;
+        const float inv = float(1.0 / softmax_exp_portable(r, n));
+        for (int64_t i = 0; i < n; ++i) r[i] *= inv;
+    }
+}
 
 void attention(const float *q, const float *k, const float *v, int64_t kv_stride, float *out, int64_t S,
                int64_t pos0, int64_t n_head, int64_t n_head_kv, int64_t hd, ThreadPool *pool) {
