@@ -193,3 +193,17 @@ def test_tiny_cache_evicts_lru(model_factory):
     np.testing.assert_array_equal(c0.decode(ids), c1.decode(ids))
     s = c1.stats()
     assert s["lut_rows_fetched"] == 20 and s["lut_cache_bytes"] == 8 * c1.row_bytes
+
+
+def test_repacked_weights_match_row_layout(model_factory, monkeypatch):
+    """Q8_0 weights repacked for VNNI at load (AVX-512 machines) give the row layout's logits
+    (MOLE_CPU_REPACK=0) to float rounding, and one token per step gives exactly the batched logits."""
+    path, _, _ = model_factory("q8_0", "q8_0")
+    monkeypatch.setenv("MOLE_CPU_REPACK", "0")
+    rows = Ctx(path).decode(IDS)
+    monkeypatch.delenv("MOLE_CPU_REPACK")
+    packed = Ctx(path).decode(IDS)
+    assert rel_err(packed, rows.astype(np.float64)) <= 1e-5
+    c = Ctx(path)
+    stepwise = np.stack([c.decode([t])[0] for t in IDS])
+    np.testing.assert_array_equal(stepwise, packed)

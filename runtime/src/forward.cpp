@@ -126,11 +126,14 @@ void embed(const Model &m, const StepPlan &p, float *x) {
         cpu::dequantize_row(m.tok_embd.type, m.tok_embd.data + uint64_t(p.ids[r]) * rb, x + r * d, d);
 }
 
-void matmul(const Weight &w, const float *X, int64_t S, float *Y, cpu::ThreadPool *pool) {
-    cpu::matmul(w.type, w.data, w.ne1, w.ne0, X, S, Y, pool);
+cpu::MatmulOut out_of(const Weight &w, float *Y) {
+    return w.packed ? cpu::MatmulOut{w.type, w.packed, w.ne1, Y, true} : cpu::MatmulOut{w.type, w.data, w.ne1, Y};
 }
 
-cpu::MatmulOut out_of(const Weight &w, float *Y) { return cpu::MatmulOut{w.type, w.data, w.ne1, Y}; }
+void matmul(const Weight &w, const float *X, int64_t S, float *Y, cpu::ThreadPool *pool) {
+    const cpu::MatmulOut out = out_of(w, Y);
+    cpu::matmul_multi(&out, 1, w.ne0, X, S, pool);
+}
 
 // x += Wo attn(rope(Wq n1), rope(Wk n1), Wv n1), with K/V appended to each sequence's cache.
 void attention_block(const Model &m, int32_t il, Scratch &s, KvCache &kv, cpu::ThreadPool *pool) {

@@ -31,9 +31,11 @@ struct Hparams {
     int32_t bos_id = -1, eos_id = -1, pad_id = -1;
 };
 
-// A tensor living in the mapping, in its file type; rows of ne[0] elements.
+// A tensor living in the mapping, in its file type; rows of ne[0] elements. A Q8_0 matrix may
+// also have a q8x16 copy (backend/cpu/repack.h) that the CPU matmuls read instead.
 struct Weight {
     const uint8_t *data = nullptr;
+    const uint8_t *packed = nullptr;   // q8x16 layout in Model::packed_store, or null
     cpu::Type type = cpu::Type::F32;
     int64_t ne0 = 0, ne1 = 1;
     uint64_t offset = 0, nbytes = 0;
@@ -64,6 +66,8 @@ struct Model {
     std::unique_ptr<Tokenizer> tokenizer;   // null if the file has no tokenizer.ggml.tokens
     uint64_t dense_bytes = 0;
     uint64_t n_params_dense = 0;
+    std::unique_ptr<uint8_t[]> packed_store;   // the q8x16 copies (64-byte aligned inside)
+    uint64_t packed_bytes = 0;
 };
 
 struct LoadOptions {

@@ -1,6 +1,7 @@
 // bench_ops: times the CPU matmul on the 160M model's shapes for every weight type, ISA path and
 // thread count (median of repeats), and a plain stream-read loop for the machine's memory bandwidth.
-// Usage: bench_ops [--types f32,q8_0] [--isa portable,avx2,avx512] [--threads 1,2] [--S 1,512]
+// q8x16 is Q8_0 repacked for VNNI (repack.h), as models load on AVX-512 machines.
+// Usage: bench_ops [--types f32,q8_0,q8x16] [--isa portable,avx2,avx512] [--threads 1,2] [--S 1,512]
 //                  [--reps 5] [--cold-mb 600] [--max-s 3] [--shapes attn,up,down,output]
 #include <algorithm>
 #include <chrono>
@@ -14,6 +15,7 @@
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/ops.h"
 #include "backend/cpu/quant.h"
+#include "backend/cpu/repack.h"
 #include "backend/cpu/threadpool.h"
 
 using namespace mole::cpu;
@@ -104,7 +106,7 @@ double stream_read(const uint8_t *buf, int64_t bytes, ThreadPool &pool, int reps
 }  // namespace
 
 int main(int argc, char **argv) {
-    std::vector<std::string> types{"f32", "f16", "bf16", "q8_0", "q4_0"}, isa_list, thread_list{"1", "2"}, s_list{"1", "512"},
+    std::vector<std::string> types{"f32", "f16", "bf16", "q8_0", "q8x16", "q4_0"}, isa_list, thread_list{"1", "2"}, s_list{"1", "512"},
         shape_list{"attn", "up", "down", "output"};
     int reps = 5;
     double cold_mb = 600.0, max_s = 3.0;
@@ -144,16 +146,17 @@ int main(int argc, char **argv) {
     // One pool of bytes larger than the last-level cache: S = 1 runs rotate through copies of the
     // weights in it so every matmul streams from memory, as decoding a real model does.
     const int64_t pool_bytes = int64_t(cold_mb * 1e6);
-    std::vector<uint8_t> buf(static_cast<size_t>(pool_bytes));
+    std::vector<uint8_t> storage(static_cast<size_t>(pool_bytes) + 64);
+    uint8_t *buf = storage.data() + (64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) % 64;   // q8x16: aligned
     Rng rng;
-    fill(Type::Q8_0, buf.data(), pool_bytes, rng);
+    fill(Type::Q8_0, buf, pool_bytes, rng);
 
     std::printf("# best ISA: %s; cold working set %.0f MB; median of %d; cpu%% = process CPU time / (wall x threads):\n"
                 "# well under 100 means other load shared the cores during that row\n", isa_name(best_isa()), cold_mb, reps);
     std::vector<double> bw(size_t(max_threads + 1), 0.0);
     for (auto &t : thread_list) {
         const int n = std::atoi(t.c_str());
-        bw[size_t(n)] = stream_read(buf.data(), pool_bytes, *pools[size_t(n)], reps);
+        bw[size_t(n)] = stream_read(buf, pool_bytes, *pools[size_t(n)], reps);
         std::printf("stream-read %d thread(s): %.1f GB/s\n", n, bw[size_t(n)]);
     }
     std::printf("\n%-8s %-5s %-11s %5s %3s %10s %8s %9s %5s %7s\n", "isa", "type", "k x n", "S", "thr", "ms/matmul",
@@ -166,13 +169,26 @@ int main(int argc, char **argv) {
             if (tn == "f32") t = Type::F32;
             else if (tn == "f16") t = Type::F16;
             else if (tn == "bf16") t = Type::BF16;
-            else if (tn == "q8_0") t = Type::Q8_0;
+            else if (tn == "q8_0" || tn == "q8x16") t = Type::Q8_0;
             else if (tn == "q4_0") t = Type::Q4_0;
             else { std::fprintf(stderr, "bench_ops: unknown type '%s'\n", tn.c_str()); return 2; }
-            const int64_t wbytes = sh.n * row_bytes(t, sh.k);
-            if (wbytes > int64_t(buf.size())) buf.resize(size_t(wbytes));   // one copy at least
+            const bool packed = tn == "q8x16";
+            const int64_t wbytes = packed ? q8x16_bytes(sh.n, sh.k) : sh.n * row_bytes(t, sh.k);
+            if (wbytes > pool_bytes) { std::fprintf(stderr, "bench_ops: --cold-mb is below one weight\n"); return 2; }
             const int64_t copies = std::max<int64_t>(1, pool_bytes / wbytes);
-            fill(t, buf.data(), copies * wbytes, rng);
+            if (packed) {   // random q8_0 rows packed once, then copied
+                std::vector<uint8_t> rows(size_t(sh.n * row_bytes(t, sh.k)));
+                fill(t, rows.data(), int64_t(rows.size()), rng);
+                std::memset(buf, 0, size_t(wbytes));
+                pack_q8x16(reinterpret_cast<const BlockQ8_0 *>(rows.data()), 0, sh.n, sh.k, buf);
+                for (int64_t c = 1; c < copies; ++c) std::memcpy(buf + c * wbytes, buf, size_t(wbytes));
+            } else {
+                fill(t, buf, copies * wbytes, rng);
+            }
+            auto mm = [&](const uint8_t *w, const float *X, int64_t S, float *Y, ThreadPool *pool) {
+                const MatmulOut out{t, w, sh.n, Y, packed};
+                matmul_multi(&out, 1, sh.k, X, S, pool);
+            };
             for (const std::string &S_s : s_list) {
                 const int64_t S = std::atoll(S_s.c_str());
                 std::vector<float> X(size_t(S * sh.k)), Y(size_t(S * sh.n));
@@ -186,12 +202,12 @@ int main(int argc, char **argv) {
                         // S = 1: one sample = one pass over all copies; S > 1: one matmul.
                         const int64_t per_sample = S == 1 ? copies : 1;
                         std::vector<double> times;
-                        matmul(t, buf.data(), sh.n, sh.k, X.data(), S, Y.data(), pool);   // warm-up
+                        mm(buf, X.data(), S, Y.data(), pool);   // warm-up
                         const double start = now(), cpu0 = cpu_now();
                         for (int r = 0; r < reps; ++r) {
                             const double t0 = now();
                             for (int64_t c = 0; c < per_sample; ++c)
-                                matmul(t, buf.data() + c * wbytes, sh.n, sh.k, X.data(), S, Y.data(), pool);
+                                mm(buf + c * wbytes, X.data(), S, Y.data(), pool);
                             times.push_back((now() - t0) / double(per_sample));
                             if (now() - start > max_s) break;
                         }

@@ -14,6 +14,7 @@
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/ops.h"
 #include "backend/cpu/quant.h"
+#include "backend/cpu/repack.h"
 #include "backend/cpu/threadpool.h"
 
 #if defined(__x86_64__)
@@ -395,6 +396,86 @@ void test_matmul_multi() {
     }
 }
 
+// q8x16-packed Q8_0 weights: the same products as the row layout (tight reference), results
+// bit-identical on every ISA path, for every S and split, and the padding rows of the last group
+// never written.
+void test_matmul_q8x16() {
+    Rng rng(44);
+    ThreadPool pool(2);
+    struct Shape { int64_t n, k; };
+    const Shape shapes[] = {{1, 32}, {7, 64}, {37, 96}, {130, 256}, {48, 768}};
+    const int64_t Ss[] = {1, 3, 7, 17, 64, 70};
+    for (const Shape &sh : shapes) {
+        const int64_t n = sh.n, k = sh.k, nb = k / 32;
+        auto wf = rng.vec(size_t(n * k), -1.0f, 1.0f);
+        auto W = ref_quantize(Type::Q8_0, wf.data(), n, k);
+        std::vector<uint8_t> P(size_t(q8x16_bytes(n, k)) + 64, 0);
+        uint8_t *pw = P.data() + (64 - reinterpret_cast<uintptr_t>(P.data()) % 64) % 64;   // 64-byte aligned
+        pack_q8x16(reinterpret_cast<const BlockQ8_0 *>(W.data()), 0, n, k, pw);
+        const int64_t S = 70;
+        auto X = rng.vec(size_t(S * k), -2.0f, 2.0f);
+        std::vector<float> first;   // the first ISA's result for S rows at once
+        for (Isa isa : isas()) {
+            set_isa(isa);
+            for (int64_t s_count : Ss) {
+                for (ThreadPool *pl : {static_cast<ThreadPool *>(nullptr), &pool}) {
+                    std::vector<float> Y(size_t(s_count * n) + 16, NAN);
+                    const float sentinel = 12345.0f;
+                    std::fill(Y.end() - 16, Y.end(), sentinel);
+                    MatmulOut out{Type::Q8_0, pw, n, Y.data(), true};
+                    matmul_multi(&out, 1, k, X.data(), s_count, pl);
+                    bool guard = true;
+                    for (size_t i = Y.size() - 16; i < Y.size(); ++i) guard &= Y[i] == sentinel;
+                    check(guard, fmt("q8x16 n=%lld S=%lld [%s]: nothing written past Y", (long long)n, (long long)s_count, isa_name(isa)));
+                    if (first.empty() && s_count == S) {
+                        first.assign(Y.begin(), Y.begin() + S * n);
+                        double worst = 0;   // tight reference: dequantized weights x q8 activations
+                        for (int64_t r = 0; r < n; ++r) {
+                            const auto w = ref_dequantize(Type::Q8_0, W.data() + r * nb * 34, k);
+                            for (int64_t s = 0; s < S; ++s) {
+                                std::vector<int8_t> xq;
+                                std::vector<float> xd;
+                                ref_quantize_act(X.data() + s * k, k, xq, xd);
+                                double ref = 0, mag = 0;
+                                for (int64_t i = 0; i < k; ++i) {
+                                    const double t = w[size_t(i)] * double(xq[size_t(i)]) * xd[size_t(i / 32)];
+                                    ref += t;
+                                    mag += std::fabs(t);
+                                }
+                                worst = std::max(worst, std::fabs(first[size_t(s * n + r)] - ref) / (1e-5 * mag + 1e-30));
+                            }
+                        }
+                        check(worst <= 1.0, fmt("q8x16 matmul n=%lld k=%lld [%s]: err/tol = %.3g", (long long)n, (long long)k,
+                                                isa_name(isa), worst));
+                    }
+                    if (!first.empty())
+                        check(std::memcmp(Y.data(), first.data(), size_t(s_count * n) * 4) == 0,
+                              fmt("q8x16 n=%lld k=%lld S=%lld [%s, %s]: bit-identical to the S=%lld result", (long long)n,
+                                  (long long)k, (long long)s_count, isa_name(isa), pl ? "pool" : "caller", (long long)S));
+                }
+            }
+        }
+    }
+    // extreme weights (-128 and 127) survive the +128 offset
+    for (Isa isa : isas()) {
+        set_isa(isa);
+        const int64_t k = 64;
+        std::vector<uint8_t> W(size_t(row_bytes(Type::Q8_0, k)));
+        for (size_t b = 0; b < 2; ++b) {
+            const uint16_t d = f32_to_f16(0.5f);
+            std::memcpy(&W[b * 34], &d, 2);
+            for (int j = 0; j < 32; ++j) W[b * 34 + 2 + size_t(j)] = uint8_t(int8_t(j % 2 ? -128 : 127));
+        }
+        alignas(64) uint8_t P[1088] = {};   // q8x16_bytes(1, 64)
+        pack_q8x16(reinterpret_cast<const BlockQ8_0 *>(W.data()), 0, 1, k, P);
+        std::vector<float> X(size_t(k), -1.0f), Y(1);
+        MatmulOut out{Type::Q8_0, P, 1, Y.data(), true};
+        matmul_multi(&out, 1, k, X.data(), 1, nullptr);
+        check(std::fabs(Y[0] - 16.0) < 1e-4, fmt("q8x16 with -128 weights [%s]: %g vs 16", isa_name(isa), Y[0]));
+    }
+    set_isa(best_isa());
+}
+
 // ---- element-wise ops ----------------------------------------------------------------------
 
 void test_rmsnorm() {
@@ -617,6 +698,7 @@ int main() {
     test_quantize_act();
     test_matmul();
     test_matmul_multi();
+    test_matmul_q8x16();
     test_rmsnorm();
     test_rope();
     test_gelu();

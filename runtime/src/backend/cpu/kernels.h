@@ -28,6 +28,7 @@ struct MatmulArgs {
     const float *X;     // [S, k]
     Q8Rows xq;          // [S, k] quantized, when type is Q8_0 or Q4_0
     float *Y;           // [S, n]
+    bool packed;        // W in the q8x16 layout (repack.h), type Q8_0
 };
 
 // Computes Y[s, r] for r in [r0, r1), s in [s0, s1).

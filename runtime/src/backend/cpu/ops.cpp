@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/repack.h"
 
 namespace mole::cpu {
 
@@ -217,6 +218,7 @@ void matmul_multi(const MatmulOut *outs, int n_outs, int64_t k, const float *X, 
     auto tile = isa == Isa::Avx512 ? matmul_tile_avx512
               : isa == Isa::Avx2   ? matmul_tile_avx2
                                    : matmul_tile_portable;
+    auto packed_tile = isa == Isa::Avx512 ? matmul_q8x16_avx512 : matmul_q8x16_portable;
 
     // Per output: S in chunks of kSChunk rows; n in chunks of whole tiles, enough chunks per
     // thread that dynamic scheduling balances, but each at least ~16 KB of weights. The outputs'
@@ -227,7 +229,8 @@ void matmul_multi(const MatmulOut *outs, int n_outs, int64_t k, const float *X, 
     first[0] = 0;
     for (int i = 0; i < n_outs; ++i) {
         const MatmulOut &o = outs[i];
-        args[i] = MatmulArgs{o.type, static_cast<const uint8_t *>(o.W), o.n, k, row_bytes(o.type, k), X, xq, o.Y};
+        args[i] = MatmulArgs{o.type, static_cast<const uint8_t *>(o.W), o.n, k, row_bytes(o.type, k), X, xq, o.Y,
+                             o.packed && o.type == Type::Q8_0};
         const int64_t n = std::max<int64_t>(o.n, 0);
         int64_t want = nt == 1 ? 1 : std::max<int64_t>(1, (int64_t(nt) * 8 + s_chunks - 1) / s_chunks);
         int64_t rc = (n + want - 1) / want;
@@ -249,7 +252,8 @@ void matmul_multi(const MatmulOut *outs, int n_outs, int64_t k, const float *X, 
         const int64_t rc = t % r_chunks[i], sc = t / r_chunks[i];
         const int64_t r0 = rc * r_chunk[i], r1 = std::min(args[i].n, r0 + r_chunk[i]);
         const int64_t s0 = sc * kSChunk, s1 = std::min(S, s0 + kSChunk);
-        tile(args[i], r0, r1, s0, s1);
+        if (args[i].packed) packed_tile(Q8x16Args{args[i].W, args[i].n, k, xq, args[i].Y}, r0, r1, s0, s1);
+        else tile(args[i], r0, r1, s0, s1);
     };
     if (pool && nt > 1 && n_tasks > 1) {
         pool->parallel_for(n_tasks, std::ref(run));

@@ -37,9 +37,10 @@ void matmul(Type type, const void *W, int64_t n, int64_t k, const float *X, int6
 // for each entry. Same results as separate matmul calls.
 struct MatmulOut {
     Type type;
-    const void *W;   // n rows of k elements, stored as rows of `type`
+    const void *W;        // n rows of k elements, stored as rows of `type`
     int64_t n;
-    float *Y;        // [S, n]
+    float *Y;             // [S, n]
+    bool packed = false;  // W is Q8_0 in the q8x16 layout (repack.h) instead of rows
 };
 void matmul_multi(const MatmulOut *outs, int n_outs, int64_t k, const float *X, int64_t S, ThreadPool *pool);
 

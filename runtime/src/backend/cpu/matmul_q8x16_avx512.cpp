@@ -1,0 +1,109 @@
+// AVX-512 VNNI matmul over q8x16-packed Q8_0 weights (layout in repack.h); called only after the
+// run-time check. A tile is G groups (16 rows each) x C activation rows: per 4-byte group c of a
+// block, G weight loads and C broadcasts feed G*C vpdpbusd into integer block sums, which become
+// float once per block. Same arithmetic as matmul_q8x16_portable, so the results are identical.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "backend/cpu/repack.h"
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace mole::cpu {
+
+namespace {
+
+inline int32_t load_i32(const int8_t *p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+
+// Y[s .. s+C, rows of groups g0 .. g0+G) (rows past r_end are not stored).
+template <int G, int C> void tile(const Q8x16Args &a, int64_t g0, int64_t s, int64_t r_end) {
+    const int64_t nb = a.k / QK, gbytes = q8x16_group_bytes(a.k), sbytes = q8x16_scale_bytes(a.k);
+    const uint8_t *scales[G], *qs[G];
+    for (int i = 0; i < G; ++i) {
+        scales[i] = a.W + (g0 + i) * gbytes;
+        qs[i] = scales[i] + sbytes;
+    }
+    const int8_t *xq[C];
+    const float *xd[C];
+    const int32_t *xs[C];
+    for (int j = 0; j < C; ++j) {
+        xq[j] = a.xq.q + (s + j) * a.k;
+        xd[j] = a.xq.d + (s + j) * nb;
+        xs[j] = a.xq.sum + (s + j) * nb;
+    }
+    __m512 acc[G][C];
+    for (int i = 0; i < G; ++i)
+        for (int j = 0; j < C; ++j) acc[i][j] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        __m512i dot[G][C];
+        for (int j = 0; j < C; ++j) {
+            const __m512i init = _mm512_set1_epi32(-128 * xs[j][b]);   // removes the +128 of the weights
+            for (int i = 0; i < G; ++i) dot[i][j] = init;
+        }
+        if constexpr (C == 1) {   // decode streams the weights: ask for the block after next early
+            for (int i = 0; i < G; ++i) {
+                const uint8_t *p = qs[i] + (b + 2) * 512;
+                for (int l = 0; l < 512; l += 64) _mm_prefetch(reinterpret_cast<const char *>(p + l), _MM_HINT_T0);
+            }
+        }
+        for (int c = 0; c < 8; ++c) {
+            __m512i w[G];
+            for (int i = 0; i < G; ++i) w[i] = _mm512_load_si512(qs[i] + b * 512 + c * 64);
+            for (int j = 0; j < C; ++j) {
+                const __m512i x = _mm512_set1_epi32(load_i32(xq[j] + b * QK + 4 * c));
+                for (int i = 0; i < G; ++i) dot[i][j] = _mm512_dpbusd_epi32(dot[i][j], w[i], x);
+            }
+        }
+        for (int i = 0; i < G; ++i) {
+            const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i *>(scales[i] + b * 32)));
+            for (int j = 0; j < C; ++j)
+                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][j]), _mm512_mul_ps(dw, _mm512_set1_ps(xd[j][b])),
+                                            acc[i][j]);
+        }
+    }
+    for (int i = 0; i < G; ++i) {
+        const int64_t r = (g0 + i) * kQ8x16Rows;
+        if (r + kQ8x16Rows <= r_end) {
+            for (int j = 0; j < C; ++j) _mm512_storeu_ps(a.Y + (s + j) * a.n + r, acc[i][j]);
+        } else {
+            const __mmask16 m = __mmask16((1u << (r_end - r)) - 1);
+            for (int j = 0; j < C; ++j) _mm512_mask_storeu_ps(a.Y + (s + j) * a.n + r, m, acc[i][j]);
+        }
+    }
+}
+
+// Groups g0 .. g1 against X rows s0 .. s1 in tiles of G groups x up to 6 rows.
+template <int G> void groups(const Q8x16Args &a, int64_t g0, int64_t s0, int64_t s1, int64_t r_end) {
+    int64_t s = s0;
+    for (; s + 6 <= s1; s += 6) tile<G, 6>(a, g0, s, r_end);
+    switch (s1 - s) {
+    case 1: tile<G, 1>(a, g0, s, r_end); break;
+    case 2: tile<G, 2>(a, g0, s, r_end); break;
+    case 3: tile<G, 3>(a, g0, s, r_end); break;
+    case 4: tile<G, 4>(a, g0, s, r_end); break;
+    case 5: tile<G, 5>(a, g0, s, r_end); break;
+    default: break;
+    }
+}
+
+}  // namespace
+
+void matmul_q8x16_avx512(const Q8x16Args &a, int64_t r0, int64_t r1, int64_t s0, int64_t s1) {
+    int64_t g = r0 / kQ8x16Rows;
+    const int64_t g1 = (r1 + kQ8x16Rows - 1) / kQ8x16Rows;
+    if (s1 - s0 == 1) {   // decode: 4 weight streams per tile
+        for (; g + 4 <= g1; g += 4) tile<4, 1>(a, g, s0, r1);
+    }
+    for (; g + 2 <= g1; g += 2) groups<2>(a, g, s0, s1, r1);
+    for (; g < g1; ++g) groups<1>(a, g, s0, s1, r1);
+}
+
+}  // namespace mole::cpu
