@@ -605,8 +605,8 @@ void test_attention() {
     for (Isa isa : isas()) {
         set_isa(isa);
         for (int64_t n_kv : {4, 2, 1}) {              // GQA ratios 1, 2, 4 with 4 query heads
-            for (int64_t hd : {8, 13, 64}) {
-                for (int64_t S : {1, 3, 17}) {
+            for (int64_t hd : {8, 13, 64, 80}) {
+                for (int64_t S : {1, 3, 17, 40}) {   // 40: blocks of 16, 16 and 8 queries
                     for (int64_t pos0 : {0, 5}) {
                         const int64_t H = 4, T = pos0 + S, kv_stride = n_kv * hd + 3;   // padded rows
                         const float qs = hd == 13 ? 30.0f : 1.0f;                         // large scores

@@ -55,6 +55,11 @@ void attn_scores_avx2(const float *q, const float *k, int64_t kv_stride, int64_t
                       float *scores);
 // x[t] = exp(x[t] - max x) for t < n; returns the sum (double). ~1e-7 relative per term.
 double softmax_exp_avx2(float *x, int64_t n);
+// Causal attention of nq <= 16 consecutive queries of one head (rows q_stride floats apart); query
+// j sees keys 0 .. n0 + j - 1 and writes out + j * out_stride [hd]. buf: (n0 + nq - 1 + hd) * 16
+// floats of scratch. Per query, the same result as the row-at-a-time path to ~1e-7 relative.
+void attention_block_avx512(const float *q, int64_t q_stride, int nq, const float *k, const float *v, int64_t kv_stride,
+                            int64_t n0, int64_t hd, float scale, float *out, int64_t out_stride, float *buf);
 void attn_accum_avx2(const float *p, const float *v, int64_t kv_stride, int64_t n_keys, int64_t hd, float *out);
 
 }  // namespace mole::cpu

@@ -382,13 +382,22 @@ void attention(const float *q, const float *k, const float *v, int64_t kv_stride
     constexpr int64_t kQChunk = 16;   // queries per task
     const int64_t q_chunks = (S + kQChunk - 1) / kQChunk;
 
+    const bool blocked = active_isa() == Isa::Avx512;
     auto run = [&](int64_t task, int) {
         const int64_t h = task % n_head, qc = q_chunks - 1 - task / n_head;   // longest rows first
         const int64_t kvh = h / group;
-        static thread_local std::vector<float> scores;   // [T]
-        const int64_t T = pos0 + S;
+        static thread_local std::vector<float> scores;   // [T], or the blocked path's scratch
+        const int64_t T = pos0 + S, s0 = qc * kQChunk, nq = std::min(S, s0 + kQChunk) - s0;
+        if (blocked && nq >= 4) {   // queries in SIMD lanes: no horizontal sum per key
+            const size_t need = size_t((T + hd) * kQChunk);
+            if (scores.size() < need) scores.resize(need);
+            attention_block_avx512(q + (s0 * n_head + h) * hd, n_head * hd, int(nq), k + kvh * hd, v + kvh * hd,
+                                   kv_stride, pos0 + s0 + 1, hd, scale, out + (s0 * n_head + h) * hd, n_head * hd,
+                                   scores.data());
+            return;
+        }
         if (int64_t(scores.size()) < T) scores.resize(size_t(T));
-        for (int64_t s = qc * kQChunk; s < std::min(S, (qc + 1) * kQChunk); ++s) {
+        for (int64_t s = s0; s < s0 + nq; ++s) {
             const float *qv = q + (s * n_head + h) * hd;
             const int64_t n_keys = pos0 + s + 1;
             float *sc = scores.data();
