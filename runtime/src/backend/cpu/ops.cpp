@@ -238,7 +238,9 @@ void matmul_multi(const MatmulOut *outs, int n_outs, int64_t k, const float *X, 
             std::max<int64_t>(kRowAlign, (16384 / std::max<int64_t>(args[i].wrow, 1)) / kRowAlign * kRowAlign);
         if (S > kSChunk) rc = std::min<int64_t>(rc, 128);
         rc = std::max(rc, std::min(min_rows, n));
-        rc = std::max<int64_t>(1, (rc + kRowAlign - 1) / kRowAlign * kRowAlign);
+        // q8x16 decode tiles are 4 groups of 16 rows
+        const int64_t align = args[i].packed && S == 1 ? 4 * kRowAlign : kRowAlign;
+        rc = std::max<int64_t>(1, (rc + align - 1) / align * align);
         r_chunk[i] = rc;
         r_chunks[i] = (n + rc - 1) / rc;
         first[i + 1] = first[i] + r_chunks[i] * s_chunks;
