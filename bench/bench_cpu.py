@@ -207,6 +207,33 @@ def _run_mole(path: str, prompt: list[int], n_gen: int, threads: int) -> dict:
             "lut_hits_decode": s1["lut_cache_hits"] - s0["lut_cache_hits"], "lut_row_bytes": s1["lut_row_bytes"]}
 
 
+def pair_worker(path: str, dense: str, n_steps: int, threads: int, seed: int) -> dict:
+    """MoLE and its dense twin loaded in one process, decode steps alternating between them (the order
+    flips every step), so both see the same machine state step by step: the MoLE / dense step-time ratio
+    without the run-to-run swings of separate processes. The tokens are fixed random ids, each new to
+    the run (not greedy), so every MoLE step looks up a row no earlier step fetched."""
+    import gguf
+    import mole
+
+    r = gguf.GGUFReader(path)
+    V = int(r.fields["mole.vocab_size"].contents())
+    del r
+    ids = np.random.default_rng(seed).choice(np.arange(1, V), size=8 + n_steps, replace=False).tolist()
+    models = [mole.Model(p, n_ctx=len(ids) + 16, n_threads=threads) for p in (path, dense)]
+    steps = [[], []]
+    for m in models:
+        m.eval(ids[:8])
+    for i, t in enumerate(ids[8:]):
+        for j in ((0, 1) if i % 2 == 0 else (1, 0)):
+            t0 = time.perf_counter()
+            models[j].eval([t])
+            steps[j].append(time.perf_counter() - t0)
+    rows = models[0].stats()["lut_rows_fetched"]
+    for m in models:
+        m.close()
+    return {"mole_steps": steps[0], "dense_steps": steps[1], "lut_rows_fetched": rows}
+
+
 def worker(runtime: str, path: str, prompt_len: int, n_gen: int, threads: int, seed: int) -> dict:
     """One measured run of one runtime (call in a fresh process: peak RSS and I/O counters are per process)."""
     if runtime not in RUNTIMES:
@@ -243,6 +270,17 @@ def run_in_subprocess(runtime: str, path: str | pathlib.Path, prompt_len: int, n
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode != 0 or not lines:
         raise RuntimeError(f"{runtime} run on {path} failed (exit {p.returncode}):\n{p.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def pair_in_subprocess(path, dense, n_steps: int, threads: int, seed: int = 0, timeout: float = 1800) -> dict:
+    env = dict(os.environ)
+    cmd = [sys.executable, str(BENCH / "bench_cpu.py"), "--worker", "pair", "--model", str(path), "--dense", str(dense),
+           "--gen", str(n_steps), "--threads", str(threads), "--seed", str(seed)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        raise RuntimeError(f"interleaved run on {path} failed (exit {p.returncode}):\n{p.stderr[-3000:]}")
     return json.loads(lines[-1])
 
 
@@ -294,13 +332,30 @@ def bench_model(path: str | pathlib.Path, *, dense: str | pathlib.Path | None = 
             runs[v].append(r)
             log(f"round {rep + 1}/{repeats} {v}: prompt {prompt / r['prompt_s']:.1f} tok/s, decode "
                 f"{len(r['step_s']) / sum(r['step_s']):.1f} tok/s")
+    pairs = {}
+    if dense:   # MoLE / dense step time with both in one process, steps interleaved
+        n_steps = 2 * gen
+        pair_in_subprocess(path, dense, n_steps, threads)   # untimed: the run's rows into the page cache
+        for mode in ("warm", "cold") if cold and lay["lut_bytes"] else ("warm",):
+            pairs[mode] = []
+            for rep in range(repeats):
+                if mode == "cold":
+                    evict(path, lay["lut_offset"])
+                r = pair_in_subprocess(path, dense, n_steps, threads)
+                pairs[mode].append(r)
+                log(f"interleaved {mode} {rep + 1}/{repeats}: MoLE {1e3 * statistics.median(r['mole_steps']):.2f} ms, "
+                    f"dense {1e3 * statistics.median(r['dense_steps']):.2f} ms per step")
     bw = bandwidth or read_bandwidth(threads)   # right after the rounds: the load they saw
-    res = summarize(runs, layouts, bw, prompt, gen)
+    res = summarize(runs, layouts, bw, prompt, gen, pairs)
+    res["interleaved"] = {mode: [{"mole_step_ms": 1e3 * statistics.median(r["mole_steps"]),
+                                  "dense_step_ms": 1e3 * statistics.median(r["dense_steps"]),
+                                  "steps": len(r["mole_steps"]), "lut_rows_fetched": r["lut_rows_fetched"]} for r in rs]
+                          for mode, rs in pairs.items()}
     res.update(files=files, threads=threads, prompt=prompt, gen=gen, repeats=repeats, bandwidth=bw)
     return res
 
 
-def summarize(runs: dict, layouts: dict, bw: dict, prompt: int, gen: int) -> dict:
+def summarize(runs: dict, layouts: dict, bw: dict, prompt: int, gen: int, pairs: dict | None = None) -> dict:
     """Medians per variant and the issue's ratios."""
     out = {}
     for v, rs in runs.items():
@@ -335,6 +390,11 @@ def summarize(runs: dict, layouts: dict, bw: dict, prompt: int, gen: int) -> dic
         kv = layouts["mole"]["kv_bytes_per_pos"] * (prompt + gen + 16)   # fp32 KV cache of the runs' n_ctx
         ratios["rss_budget_bytes"] = out["dense"]["dense_weight_bytes"] + kv + 128 * 2**20
         ratios["rss_over_budget"] = m["peak_rss_bytes"] / ratios["rss_budget_bytes"]
+    for mode, rs in (pairs or {}).items():   # per run: median MoLE step / median dense step; median over runs
+        ratios[f"interleaved_{mode}"] = statistics.median(
+            statistics.median(r["mole_steps"]) / statistics.median(r["dense_steps"]) for r in rs)
+        ratios[f"interleaved_{mode}_runs"] = [statistics.median(r["mole_steps"]) / statistics.median(r["dense_steps"])
+                                              for r in rs]
     if "llama" in out:
         ratios["decode_vs_llama"] = m["decode_tps"] / out["llama"]["decode_tps"]
     if "torch" in out:
@@ -365,6 +425,13 @@ def table(res: dict) -> str:
     if "mole_over_dense_step_warm" in r:
         notes.append(f"MoLE / dense step time: warm {r['mole_over_dense_step_warm']:.3f}"
                      + (f", LUT evicted {r['mole_over_dense_step_cold']:.3f}" if "mole_over_dense_step_cold" in r else ""))
+    if "interleaved_warm" in r:
+        def runs(m):
+            return ", ".join(f"{x:.3f}" for x in r[f"interleaved_{m}_runs"])
+        notes.append(f"MoLE / dense step time, both models in one process with decode steps interleaved (median step "
+                     f"each, median of {len(r['interleaved_warm_runs'])} runs): warm {r['interleaved_warm']:.3f} "
+                     f"({runs('warm')})" + (f", LUT evicted {r['interleaved_cold']:.3f} ({runs('cold')})"
+                                             if "interleaved_cold" in r else ""))
     if "decode_vs_llama" in r:
         notes.append(f"decode vs llama.cpp: {r['decode_vs_llama']:.2f}x")
     if "decode_vs_torch" in r:
@@ -404,8 +471,11 @@ def main(argv=None) -> int:
     p.add_argument("--skip", default="", help="comma list of peers to leave out: dense,llama,torch,cold")
     p.add_argument("--quick", action="store_true", help="prompt 32, decode 8, 1 repeat (smoke runs)")
     p.add_argument("--json", type=pathlib.Path)
-    p.add_argument("--worker", choices=RUNTIMES, help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=RUNTIMES + ("pair",), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.worker == "pair":
+        print(json.dumps(pair_worker(a.model, a.dense, a.gen, a.threads, a.seed)))
+        return 0
     if a.worker:
         print(json.dumps(worker(a.worker, a.model, a.prompt, a.gen, a.threads, a.seed)))
         return 0

@@ -67,7 +67,13 @@ def test_harness_quick_json_and_table(models, tmp_path):
     assert cold["resident_before"] == 0          # the LUT was evicted before the run
     assert cold["lut_bytes_in_per_distinct"] > 0
     assert {"mole_over_dense_step_warm", "mole_over_dense_step_cold", "decode_vs_torch", "prompt_vs_best_peer",
-            "rss_budget_bytes"} <= set(res["ratios"])
+            "rss_budget_bytes", "interleaved_warm", "interleaved_cold"} <= set(res["ratios"])
+    # interleaved MoLE / dense: every step's token is new to the run, so each one fetches its row
+    assert "decode steps interleaved" in p.stdout
+    for mode in ("warm", "cold"):
+        for r in res["interleaved"][mode]:
+            assert r["steps"] == 16 and r["lut_rows_fetched"] == 8 + 16
+            assert r["mole_step_ms"] > 0 and r["dense_step_ms"] > 0
 
 
 def test_gguf_layout_counts_one_lut_row(models):
