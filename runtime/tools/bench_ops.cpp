@@ -80,22 +80,30 @@ double median(std::vector<double> v) {
     return v[v.size() / 2];
 }
 
-// Read bandwidth (GB/s): each thread sums its share of a buffer larger than the caches.
+// Read bandwidth (GB/s): each thread sums its share of a buffer larger than the caches, four
+// sequential streams at a time (the decode matmuls read 4 weight groups at once; one stream per
+// core leaves DRAM bandwidth unused on this kind of machine).
 double stream_read(const uint8_t *buf, int64_t bytes, ThreadPool &pool, int reps) {
-    const int64_t chunk = 1 << 20, n_chunks = bytes / chunk;
+    const int64_t chunk = 1 << 20, n_chunks = bytes / chunk, quarter = chunk / 4 / 8;   // uint64 per stream
     std::vector<double> times;
     std::vector<uint64_t> sink(64 * 8, 0);
     for (int r = 0; r < reps; ++r) {
         const double t0 = now();
         pool.parallel_for(n_chunks, [&](int64_t c, int th) {
             const uint64_t *p = reinterpret_cast<const uint64_t *>(buf + c * chunk);
-            uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
-            for (int64_t i = 0; i < chunk / 8; i += 8) {
-                __builtin_prefetch(p + i + 256);   // 2 KB ahead, as the decode kernels do
-                a0 += p[i]; a1 += p[i + 1]; a2 += p[i + 2]; a3 += p[i + 3];
-                a4 += p[i + 4]; a5 += p[i + 5]; a6 += p[i + 6]; a7 += p[i + 7];
-            }
-            sink[size_t(th) * 8] += a0 ^ a1 ^ a2 ^ a3 ^ a4 ^ a5 ^ a6 ^ a7;
+            uint64_t a[4][4] = {};
+            for (int64_t i = 0; i < quarter; i += 8)
+                for (int q = 0; q < 4; ++q) {
+                    const uint64_t *l = p + q * quarter + i;   // one 64-byte line of stream q
+                    __builtin_prefetch(l + 128);               // 1 KB ahead, as the decode kernels do
+                    a[q][0] += l[0] ^ l[4];
+                    a[q][1] += l[1] ^ l[5];
+                    a[q][2] += l[2] ^ l[6];
+                    a[q][3] += l[3] ^ l[7];
+                }
+            uint64_t x = 0;
+            for (auto &q : a) x ^= q[0] + q[1] + q[2] + q[3];
+            sink[size_t(th) * 8] += x;
         });
         times.push_back(now() - t0);
     }
