@@ -197,7 +197,8 @@ def test_tiny_cache_evicts_lru(model_factory):
 
 def test_repacked_weights_match_row_layout(model_factory, monkeypatch):
     """Q8_0 weights repacked for VNNI at load (AVX-512 machines) give the row layout's logits
-    (MOLE_CPU_REPACK=0) to float rounding, and one token per step gives exactly the batched logits."""
+    (MOLE_CPU_REPACK=0) to float rounding, and one token per step gives the batched logits (the prompt's
+    attention runs queries in SIMD lanes, decode one at a time: equal to float rounding)."""
     path, _, _ = model_factory("q8_0", "q8_0")
     monkeypatch.setenv("MOLE_CPU_REPACK", "0")
     rows = Ctx(path).decode(IDS)
@@ -206,4 +207,4 @@ def test_repacked_weights_match_row_layout(model_factory, monkeypatch):
     assert rel_err(packed, rows.astype(np.float64)) <= 1e-5
     c = Ctx(path)
     stepwise = np.stack([c.decode([t])[0] for t in IDS])
-    np.testing.assert_array_equal(stepwise, packed)
+    assert rel_err(stepwise, packed.astype(np.float64)) <= 1e-5

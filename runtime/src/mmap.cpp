@@ -2,6 +2,8 @@
 // This is the only file of the runtime with platform #ifdefs.
 #include "mmap.h"
 
+#include "gguf.h"   // human_bytes
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -29,6 +31,27 @@ namespace mole {
 uint64_t page_size() {
     static const uint64_t size = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
     return size;
+}
+
+Status LargeBuffer::allocate(uint64_t bytes, const char *what, std::unique_ptr<LargeBuffer> *out) {
+    constexpr uint64_t kHuge = uint64_t(2) << 20;
+    const uint64_t len = (std::max<uint64_t>(bytes, 1) + kHuge - 1) / kHuge * kHuge;
+    void *p = mmap(nullptr, static_cast<size_t>(len), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return set_error(MOLE_STATUS_OUT_OF_MEMORY, "cannot allocate %s (%s)", what, human_bytes(bytes).c_str());
+#if defined(MADV_HUGEPAGE)
+    madvise(p, static_cast<size_t>(len), MADV_HUGEPAGE);   // a hint: fine if refused
+#endif
+    std::unique_ptr<LargeBuffer> b(new LargeBuffer());
+    b->data_ = static_cast<uint8_t *>(p);
+    b->size_ = bytes;
+    b->mapped_ = len;
+    *out = std::move(b);
+    return MOLE_STATUS_OK;
+}
+
+LargeBuffer::~LargeBuffer() {
+    if (data_) munmap(data_, static_cast<size_t>(mapped_));
 }
 
 Status MappedFile::open(const std::string &path, std::unique_ptr<MappedFile> *out) {

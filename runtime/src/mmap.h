@@ -44,6 +44,25 @@ private:
     int fd_ = -1;
 };
 
+// Anonymous zero-filled memory for a large, long-lived buffer (the repacked weights): page
+// aligned, and backed by transparent huge pages where the OS offers them, so filling it takes few
+// faults and streaming through it few TLB misses.
+class LargeBuffer {
+public:
+    // Null (and the error set: MOLE_STATUS_OUT_OF_MEMORY naming `what`) when the memory is not there.
+    static Status allocate(uint64_t bytes, const char *what, std::unique_ptr<LargeBuffer> *out);
+    ~LargeBuffer();
+    LargeBuffer(const LargeBuffer &) = delete;
+    LargeBuffer &operator=(const LargeBuffer &) = delete;
+    uint8_t *data() const { return data_; }
+    uint64_t size() const { return size_; }
+
+private:
+    LargeBuffer() = default;
+    uint8_t *data_ = nullptr;
+    uint64_t size_ = 0, mapped_ = 0;
+};
+
 // Bytes of one virtual memory page.
 uint64_t page_size();
 // Physical CPU cores (falls back to logical ones), at least 1.

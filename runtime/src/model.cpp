@@ -18,7 +18,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <new>
 #include <set>
 #include <vector>
 
@@ -306,15 +305,10 @@ Status repack_weights(Model &m) {
     for (Weight *w : ws)
         if (w->type == cpu::Type::Q8_0) total += uint64_t(cpu::q8x16_bytes(w->ne1, w->ne0));
     if (total == 0) return MOLE_STATUS_OK;
-    try {
-        m.packed_store.reset(new uint8_t[total + 64]);
-    } catch (const std::bad_alloc &) {
-        return set_error(MOLE_STATUS_OUT_OF_MEMORY, "cannot allocate the repacked weights (%s); MOLE_CPU_REPACK=0 uses them in place",
-                         human_bytes(total).c_str());
-    }
-    uint8_t *dst = m.packed_store.get() + (64 - reinterpret_cast<uintptr_t>(m.packed_store.get()) % 64) % 64;
-    std::memset(dst, 0, total);
-    m.packed_bytes = total;
+    if (Status s = LargeBuffer::allocate(total, "the repacked weights (MOLE_CPU_REPACK=0 reads them in place)",
+                                         &m.packed_store))
+        return s;
+    uint8_t *dst = m.packed_store->data();   // zero-filled: the last group's padding rows stay 0
     std::vector<uint8_t> chunk;
     for (Weight *w : ws) {
         if (w->type != cpu::Type::Q8_0) continue;

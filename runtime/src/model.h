@@ -66,8 +66,7 @@ struct Model {
     std::unique_ptr<Tokenizer> tokenizer;   // null if the file has no tokenizer.ggml.tokens
     uint64_t dense_bytes = 0;
     uint64_t n_params_dense = 0;
-    std::unique_ptr<uint8_t[]> packed_store;   // the q8x16 copies (64-byte aligned inside)
-    uint64_t packed_bytes = 0;
+    std::unique_ptr<LargeBuffer> packed_store;   // the q8x16 copies, one after another
 };
 
 struct LoadOptions {

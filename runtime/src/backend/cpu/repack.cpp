@@ -17,9 +17,12 @@ void pack_q8x16(const BlockQ8_0 *src, int64_t r0, int64_t r1, int64_t k, uint8_t
         uint8_t *qs = g + sbytes;
         for (int64_t b = 0; b < nb; ++b) {
             scales[b * kQ8x16Rows + ri] = row[b].d;
-            for (int c = 0; c < 8; ++c)
-                for (int t = 0; t < 4; ++t)
-                    qs[((b * 8 + c) * kQ8x16Rows + ri) * 4 + t] = uint8_t(int(row[b].qs[4 * c + t]) + 128);
+            for (int c = 0; c < 8; ++c) {   // 4 values at a time; w + 128 = w ^ 0x80 per byte
+                uint32_t w;
+                std::memcpy(&w, row[b].qs + 4 * c, 4);
+                w ^= 0x80808080u;
+                std::memcpy(qs + ((b * 8 + c) * kQ8x16Rows + ri) * 4, &w, 4);
+            }
         }
     }
 }
