@@ -160,8 +160,8 @@ void attention_block(const Model &m, int32_t il, Scratch &s, KvCache &kv, cpu::T
     for (int64_t i = 0; i < S * d; ++i) x[i] += o[i];
 }
 
-// x[r] += sum_j g[r, j] LUT[id_r][il][j]: layer il's slice of each row, dequantized from the
-// row's file bytes (cache or mapping: the first touch of a missed row waits only for these pages).
+// x[r] += sum_j g[r, j] LUT[id_r][il][j]: layer il's slice of each row, mixed from the row's file
+// bytes (cache or mapping: the first touch of a missed row waits only for these pages).
 void mix_experts(const Model &m, int32_t il, Scratch &s, cpu::ThreadPool *pool) {
     const Hparams &hp = m.hp;
     const StepPlan &p = s.plan;
@@ -171,18 +171,17 @@ void mix_experts(const Model &m, int32_t il, Scratch &s, cpu::ThreadPool *pool) 
     cpu::type_traits(uint32_t(type), &be, &bb);
     // Whole blocks covering elements [il*N*d, (il+1)*N*d) of the row (d need not be a block multiple).
     const int64_t e0 = int64_t(il) * N * d, b0 = e0 / be, skip = e0 - b0 * be;
-    const int64_t n_elems = (skip + N * d + be - 1) / be * be;
     auto run = [&](int64_t r, int thread) {
         float *tmp = s.mix_tmp.get() + int64_t(thread) * s.mix_stride;
-        cpu::dequantize_row(type, s.rows[p.uniq_slot[r]] + b0 * bb, tmp, n_elems);
-        cpu::lut_mix(s.gate.get() + r * N, tmp + skip, N, d, s.x.get() + r * d);
+        cpu::lut_mix_raw(type, s.gate.get() + r * N, s.rows[p.uniq_slot[r]] + b0 * bb, skip, N, d, tmp,
+                         s.x.get() + r * d);
     };
     if (pool && pool->size() > 1 && S >= 8) pool->parallel_for(S, std::ref(run));
     else for (int64_t r = 0; r < S; ++r) run(r, 0);
 }
 
 // x += Down(gelu(Up h)) + sum_j g_j LUT[id][l][j], h = rmsnorm_post(x), g = softmax(router h).
-void ffn_block(const Model &m, int32_t il, Scratch &s, LutStore &lut, cpu::ThreadPool *pool) {
+void ffn_block(const Model &m, int32_t il, Scratch &s, LutStore &lut, cpu::ThreadPool *pool, StepTimes *times) {
     const Hparams &hp = m.hp;
     const LayerWeights &w = m.layers[il];
     const StepPlan &p = s.plan;
@@ -196,9 +195,13 @@ void ffn_block(const Model &m, int32_t il, Scratch &s, LutStore &lut, cpu::Threa
     float *x = s.x.get(), *o = s.tmp.get();
     for (int64_t i = 0; i < S * d; ++i) x[i] += o[i];
     if (N > 0) {
+        const double t0 = now_ms();
         lut.fetch_layer(il);    // missed rows' slice il read into their cache slots
+        times->lut_ms += now_ms() - t0;
         mix_experts(m, il, s, pool);
+        const double t1 = now_ms();
         lut.finish_layer(il);   // pages of rows read through the mapping unmapped
+        times->lut_ms += now_ms() - t1;
     }
 }
 
@@ -229,7 +232,7 @@ Status forward_step(const Model &m, Scratch &s, KvCache &kv, LutStore &lut, cpu:
         if (cancel.load(std::memory_order_relaxed))
             return set_error(MOLE_STATUS_CANCELLED, "decode cancelled at layer %d", il);
         attention_block(m, il, s, kv, pool);
-        ffn_block(m, il, s, lut, pool);
+        ffn_block(m, il, s, lut, pool, times);
     }
     output_block(m, s, logits, pool);
     if (m.hp.n_expert > 0) {

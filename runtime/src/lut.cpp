@@ -32,9 +32,11 @@ Status LutStore::init(const Model &model, uint64_t cache_bytes, int32_t max_uniq
     try {
         missed_.reset(new int32_t[n_miss]);
         missed_slot_.reset(new int32_t[n_miss]);
+        missed_ready_.reset(new bool[n_miss]);
         if (cap == 0) return MOLE_STATUS_OK;
-        // Not value-initialized: cache pages are only touched when rows arrive.
-        rows_.reset(new uint8_t[cap * row_bytes_]);
+        // Anonymous memory, touched only as rows arrive (no huge pages: their faults may stall a
+        // decode step on memory compaction).
+        if (Status s = LargeBuffer::allocate(cap * row_bytes_, false, "the LUT row cache", &rows_)) return s;
         slot_of_.reset(new int32_t[size_t(hp.n_vocab)]);
         token_of_.reset(new int32_t[cap]);
         prev_.reset(new int32_t[cap]);
@@ -76,30 +78,38 @@ void LutStore::prepare(const int32_t *uniq, int32_t U, const uint8_t **rows) {
         unlink(s);
         touch(s);
         stamp_[s] = step_;
-        rows[u] = rows_.get() + uint64_t(s) * row_bytes_;
+        rows[u] = rows_->data() + uint64_t(s) * row_bytes_;
     }
     for (int32_t u = 0; u < U; ++u) {
         const int32_t v = uniq[u];
         if (capacity_ > 0 && slot_of_[v] >= 0) continue;
         rows[u] = lut + uint64_t(v) * row_bytes_;
-        model_->file->advise_willneed(model_->lut.offset + uint64_t(v) * row_bytes_, row_bytes_);
+        const uint64_t src = model_->lut.offset + uint64_t(v) * row_bytes_;
         counters.rows_fetched++;
         counters.bytes_fetched += row_bytes_;
         int32_t s = -1;
         if (n_used_ < capacity_) {
             s = n_used_++;
+            // A fresh slot: its pages faulted in with one call rather than one trap per page.
+            rows_->populate(uint64_t(s) * row_bytes_, row_bytes_);
         } else if (capacity_ > 0 && stamp_[tail_] != step_) {
             s = tail_;                          // evict the least recently used row
             unlink(s);
             if (slot_of_[token_of_[s]] == s) slot_of_[token_of_[s]] = -1;
         }
+        bool ready = false;
         if (s >= 0) {                           // reserved now, found by lookups after commit()
             token_of_[s] = v;
             stamp_[s] = step_;
             touch(s);
-            rows[u] = rows_.get() + uint64_t(s) * row_bytes_;   // filled by fetch_layer
+            uint8_t *slot = rows_->data() + uint64_t(s) * row_bytes_;
+            rows[u] = slot;                     // filled now if cached, else by fetch_layer
+            // In the page cache already: one pread now instead of one per layer.
+            ready = model_->file->all_resident(src, row_bytes_) && model_->file->read_at(src, slot, row_bytes_);
         }
+        if (!ready) model_->file->advise_willneed(src, row_bytes_);
         missed_[n_missed_] = v;
+        missed_ready_[n_missed_] = ready;
         missed_slot_[n_missed_++] = s;
     }
 }
@@ -116,9 +126,9 @@ void LutStore::fetch_layer(int32_t il) {
     uint64_t off, len;
     slice_range(il, &off, &len);
     for (int32_t i = 0; i < n_missed_; ++i) {
-        if (missed_slot_[i] < 0) continue;
+        if (missed_slot_[i] < 0 || missed_ready_[i]) continue;
         const uint64_t src = model_->lut.offset + uint64_t(missed_[i]) * row_bytes_ + off;
-        uint8_t *dst = rows_.get() + uint64_t(missed_slot_[i]) * row_bytes_ + off;
+        uint8_t *dst = rows_->data() + uint64_t(missed_slot_[i]) * row_bytes_ + off;
         if (!model_->file->read_at(src, dst, len))   // I/O error: the mapping reports it (SIGBUS) or has it
             std::memcpy(dst, model_->file->data() + src, len);
     }

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "mmap.h"
 #include "model.h"
 
 namespace mole {
@@ -24,8 +25,9 @@ public:
     // uniq[0..U): distinct token ids (< V), U <= max_uniq. rows[u] = where token uniq[u]'s raw
     // row (row_bytes() bytes of the LUT's file type: [L, N, d] values) is read by the mix: a cache
     // slot, or for a miss without a slot (cache off, or every slot serves this step) the mapping.
-    // Missed rows get a WILLNEED hint over exactly their pages, so their reads start now,
-    // overlapped with layer 0's attention. A missed row's slot is filled one layer slice at a
+    // A missed row already in the page cache is copied into its slot at once (one pread). Other
+    // missed rows get a WILLNEED hint over exactly their pages, so their reads start now,
+    // overlapped with layer 0's attention, and their slots are filled one layer slice at a
     // time (fetch_layer), so a layer waits only for its own slice. Allocation-free.
     void prepare(const int32_t *uniq, int32_t U, const uint8_t **rows);
     // Before layer il's mix: preads layer il's slice of every missed row into its slot (no
@@ -53,13 +55,14 @@ private:
     uint64_t row_bytes_ = 0;
     int32_t capacity_ = 0;           // slots
     int32_t n_used_ = 0;
-    std::unique_ptr<uint8_t[]> rows_;      // [capacity, row_bytes] raw file bytes
+    std::unique_ptr<LargeBuffer> rows_;    // [capacity, row_bytes] raw file bytes
     std::unique_ptr<int32_t[]> slot_of_;   // [V] slot holding token v, -1 if none
     std::unique_ptr<int32_t[]> token_of_;  // [capacity]
     std::unique_ptr<int32_t[]> prev_, next_;   // [capacity] LRU list, head_ = most recent
     int32_t head_ = -1, tail_ = -1;
     std::unique_ptr<int32_t[]> missed_;       // [max_uniq] tokens of the last prepare() read from the mapping
     std::unique_ptr<int32_t[]> missed_slot_;  // [max_uniq] their cache slots (-1: none)
+    std::unique_ptr<bool[]> missed_ready_;    // [max_uniq] slot already filled whole by prepare()
     std::unique_ptr<uint64_t[]> stamp_;       // [capacity] step that last used the slot
     uint64_t step_ = 0;
     int32_t n_missed_ = 0;

@@ -33,14 +33,14 @@ uint64_t page_size() {
     return size;
 }
 
-Status LargeBuffer::allocate(uint64_t bytes, const char *what, std::unique_ptr<LargeBuffer> *out) {
+Status LargeBuffer::allocate(uint64_t bytes, bool huge, const char *what, std::unique_ptr<LargeBuffer> *out) {
     constexpr uint64_t kHuge = uint64_t(2) << 20;
     const uint64_t len = (std::max<uint64_t>(bytes, 1) + kHuge - 1) / kHuge * kHuge;
     void *p = mmap(nullptr, static_cast<size_t>(len), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return set_error(MOLE_STATUS_OUT_OF_MEMORY, "cannot allocate %s (%s)", what, human_bytes(bytes).c_str());
 #if defined(MADV_HUGEPAGE)
-    madvise(p, static_cast<size_t>(len), MADV_HUGEPAGE);   // a hint: fine if refused
+    if (huge) madvise(p, static_cast<size_t>(len), MADV_HUGEPAGE);   // a hint: fine if refused
 #endif
     std::unique_ptr<LargeBuffer> b(new LargeBuffer());
     b->data_ = static_cast<uint8_t *>(p);
@@ -48,6 +48,16 @@ Status LargeBuffer::allocate(uint64_t bytes, const char *what, std::unique_ptr<L
     b->mapped_ = len;
     *out = std::move(b);
     return MOLE_STATUS_OK;
+}
+
+void LargeBuffer::populate(uint64_t offset, uint64_t len) {
+    if (offset >= size_) return;
+    len = std::min(len, size_ - offset);
+    const uint64_t ps = page_size(), s = offset / ps * ps, e = (offset + len + ps - 1) / ps * ps;
+#if defined(MADV_POPULATE_WRITE)
+    if (madvise(data_ + s, static_cast<size_t>(e - s), MADV_POPULATE_WRITE) == 0) return;
+#endif
+    for (uint64_t a = s; a < e; a += ps) data_[a] = 0;   // older kernels: one write per page
 }
 
 LargeBuffer::~LargeBuffer() {
@@ -169,6 +179,30 @@ int64_t MappedFile::resident_pages(uint64_t offset, uint64_t len, int64_t *n_pag
     return resident;
 #else
     return -1;
+#endif
+}
+
+bool MappedFile::all_resident(uint64_t offset, uint64_t len) const {
+    uint64_t s, e;
+    if (!page_range(size_, offset, len, &s, &e)) return false;
+#if defined(__linux__) || defined(__APPLE__)
+    const uint64_t ps = page_size();
+    constexpr uint64_t kPages = 256;
+    unsigned char vec[kPages];
+    for (uint64_t a = s; a < e; a += kPages * ps) {
+        const uint64_t n = std::min<uint64_t>(kPages, (e - a) / ps);
+#if defined(__APPLE__)
+        if (mincore(const_cast<uint8_t *>(data_) + a, static_cast<size_t>(n * ps), reinterpret_cast<char *>(vec)) != 0)
+            return false;
+#else
+        if (mincore(const_cast<uint8_t *>(data_) + a, static_cast<size_t>(n * ps), vec) != 0) return false;
+#endif
+        for (uint64_t i = 0; i < n; ++i)
+            if (!(vec[i] & 1)) return false;
+    }
+    return true;
+#else
+    return false;
 #endif
 }
 

@@ -35,6 +35,9 @@ public:
     // Pages of [offset, offset + len) resident in memory now, and the page count of the range
     // (-1 if the platform cannot tell).
     int64_t resident_pages(uint64_t offset, uint64_t len, int64_t *n_pages) const;
+    // Whether every page of the range is in memory now (false if the platform cannot tell).
+    // Allocation-free, for the decode loop.
+    bool all_resident(uint64_t offset, uint64_t len) const;
 
 private:
     MappedFile() = default;
@@ -44,18 +47,22 @@ private:
     int fd_ = -1;
 };
 
-// Anonymous zero-filled memory for a large, long-lived buffer (the repacked weights): page
-// aligned, and backed by transparent huge pages where the OS offers them, so filling it takes few
-// faults and streaming through it few TLB misses.
+// Anonymous zero-filled memory for a large, long-lived buffer (repacked weights, the LUT row
+// cache): page aligned; with `huge`, backed by transparent huge pages where the OS offers them,
+// so filling it takes few faults and streaming through it few TLB misses (a huge-page fault may
+// compact memory first: for buffers filled at load, not in the decode loop).
 class LargeBuffer {
 public:
-    // Null (and the error set: MOLE_STATUS_OUT_OF_MEMORY naming `what`) when the memory is not there.
-    static Status allocate(uint64_t bytes, const char *what, std::unique_ptr<LargeBuffer> *out);
+    // MOLE_STATUS_OUT_OF_MEMORY naming `what` when the memory is not there.
+    static Status allocate(uint64_t bytes, bool huge, const char *what, std::unique_ptr<LargeBuffer> *out);
     ~LargeBuffer();
     LargeBuffer(const LargeBuffer &) = delete;
     LargeBuffer &operator=(const LargeBuffer &) = delete;
     uint8_t *data() const { return data_; }
     uint64_t size() const { return size_; }
+    // Faults in [offset, offset + len) now, in one call where the OS has one (Linux
+    // MADV_POPULATE_WRITE), instead of one fault per page as it is first written.
+    void populate(uint64_t offset, uint64_t len);
 
 private:
     LargeBuffer() = default;

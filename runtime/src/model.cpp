@@ -305,7 +305,7 @@ Status repack_weights(Model &m) {
     for (Weight *w : ws)
         if (w->type == cpu::Type::Q8_0) total += uint64_t(cpu::q8x16_bytes(w->ne1, w->ne0));
     if (total == 0) return MOLE_STATUS_OK;
-    if (Status s = LargeBuffer::allocate(total, "the repacked weights (MOLE_CPU_REPACK=0 reads them in place)",
+    if (Status s = LargeBuffer::allocate(total, true, "the repacked weights (MOLE_CPU_REPACK=0 reads them in place)",
                                          &m.packed_store))
         return s;
     uint8_t *dst = m.packed_store->data();   // zero-filled: the last group's padding rows stay 0

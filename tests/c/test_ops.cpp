@@ -599,6 +599,43 @@ void test_lut_mix() {
     }
 }
 
+// lut_mix_raw: the mix straight from a row's file bytes (q8_0 fused on AVX-512, other types and a
+// non-zero skip through a dequantized copy) against double references of the dequantized values.
+void test_lut_mix_raw() {
+    Rng rng(11);
+    for (Isa isa : isas()) {
+        set_isa(isa);
+        for (Type t : {Type::Q8_0, Type::F16, Type::Q4_0}) {
+            for (int64_t N : {1, 4, 16}) {
+                for (int64_t d : {32, 768, 33}) {
+                    const int64_t skip = d % 32 ? 7 : 0;   // a slice starting inside a block
+                    const int64_t n = (skip + N * d + 31) / 32 * 32;
+                    auto vals = rng.vec(size_t(n), -3.0f, 3.0f);
+                    auto raw = ref_quantize(t, vals.data(), 1, n);
+                    const auto deq = ref_dequantize(t, raw.data(), n);
+                    auto g = rng.vec(size_t(N), 0.0f, 1.0f);
+                    auto out = rng.vec(size_t(d));
+                    const auto in = out;
+                    std::vector<float> scratch(size_t(n + 32));
+                    lut_mix_raw(t, g.data(), raw.data(), skip, N, d, scratch.data(), out.data());
+                    double worst = 0;
+                    for (int64_t i = 0; i < d; ++i) {
+                        double ref = in[size_t(i)], mag = std::fabs(ref);
+                        for (int64_t j = 0; j < N; ++j) {
+                            ref += double(g[size_t(j)]) * deq[size_t(skip + j * d + i)];
+                            mag += std::fabs(double(g[size_t(j)]) * deq[size_t(skip + j * d + i)]);
+                        }
+                        worst = std::max(worst, std::fabs(out[size_t(i)] - ref) / (1e-5 * mag + 1e-30));
+                    }
+                    check(worst <= 1.0, fmt("lut_mix_raw %s N=%lld d=%lld skip=%lld [%s]: err/tol = %.3g", type_name(t),
+                                            (long long)N, (long long)d, (long long)skip, isa_name(isa), worst));
+                }
+            }
+        }
+    }
+    set_isa(best_isa());
+}
+
 void test_attention() {
     Rng rng(12);
     ThreadPool pool(2);
@@ -704,6 +741,7 @@ int main() {
     test_gelu();
     test_softmax();
     test_lut_mix();
+    test_lut_mix_raw();
     test_attention();
     test_threadpool();
     test_isa_select();

@@ -44,6 +44,9 @@ void quantize_rows_q8_avx512(const float *X, int64_t s0, int64_t s1, const Q8Row
 // dequantize_row with AVX2 (+F16C); same results as the portable code.
 void dequantize_row_avx2(Type type, const void *src, float *dst, int64_t n);
 
+// lut_mix over N*d Q8_0 values (d a multiple of 32): out[i] += sum_j (g[j] d_jb) q_ji, one FMA each.
+void lut_mix_q8_0_avx512(const float *g, const BlockQ8_0 *blocks, int64_t N, int64_t d, float *out);
+
 // gelu (erf form) in place with AVX-512; relative error ~1e-7 of the exact value for every x.
 void gelu_avx512(float *x, int64_t n);
 

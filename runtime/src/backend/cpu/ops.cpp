@@ -335,6 +335,16 @@ void lut_mix(const float *g, const float *rows, int64_t N, int64_t d, float *out
     }
 }
 
+void lut_mix_raw(Type type, const float *g, const uint8_t *src, int64_t skip, int64_t N, int64_t d, float *scratch,
+                 float *out) {
+    if (type == Type::Q8_0 && skip == 0 && d % QK == 0 && active_isa() == Isa::Avx512)
+        return lut_mix_q8_0_avx512(g, reinterpret_cast<const BlockQ8_0 *>(src), N, d, out);
+    int64_t be = 1;
+    type_traits(uint32_t(type), &be, nullptr);
+    dequantize_row(type, src, scratch, (skip + N * d + be - 1) / be * be);
+    lut_mix(g, scratch + skip, N, d, out);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Attention
 
