@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "backend/cpu/kernels.h"
@@ -689,6 +690,31 @@ void test_attention() {
     }
 }
 
+// More threads than cores: three pools of 2 driven from three threads, many small jobs. Workers
+// are preempted between loading the job word and claiming from it, which once let a stale claim
+// run a task twice and count it in the next job (that job then returned early or never).
+void test_threadpool_contended() {
+    constexpr int kCallers = 3, kJobs = 60000;
+    std::atomic<int> bad{0};
+    std::vector<std::thread> callers;
+    for (int c = 0; c < kCallers; ++c)
+        callers.emplace_back([&bad] {
+            ThreadPool pool(2);
+            std::atomic<int> hits[5];
+            for (int rep = 0; rep < kJobs; ++rep) {
+                const int n = rep % 5 + 1;
+                for (int i = 0; i < n; ++i) hits[i].store(0);
+                auto f = [&](int64_t t, int) { hits[t].fetch_add(1); };
+                pool.parallel_for(n, std::ref(f));
+                for (int i = 0; i < n; ++i)
+                    if (hits[i].load() != 1) bad.fetch_add(1);
+            }
+        });
+    for (auto &t : callers) t.join();
+    check(bad.load() == 0, fmt("contended pools: every task of every job ran exactly once before parallel_for returned (%d wrong)",
+                               bad.load()));
+}
+
 void test_threadpool() {
     for (int nt : {1, 2, 3}) {
         ThreadPool pool(nt);
@@ -710,6 +736,7 @@ void test_threadpool() {
     }
     ThreadPool zero(0);
     check(zero.size() == 1, "ThreadPool(0) runs on the caller");
+    test_threadpool_contended();
 }
 
 void test_isa_select() {

@@ -31,12 +31,20 @@ constexpr uint32_t task_of(uint64_t w) { return uint32_t(w); }
 // worker may be descheduled for milliseconds. Here the caller claims every task that no awake
 // thread has claimed and returns as soon as the last task is done; a late worker finds the job's
 // generation gone and claims nothing. Only a task already running on a preempted worker is waited on.
+//
+// A job's task count travels with its generation (job = [generation | n_tasks], stored before the
+// word): a worker holding a stale word from the previous job, which the caller has not replaced
+// yet while it writes the next job's fields, must not pair that word with the next job's count.
+// It did once (n_tasks on its own): a stale claim ran a task twice and counted it in the next
+// job's `done`, so a later job returned early or waited forever (two processes sharing 2 cores
+// hit it within seconds).
 struct ThreadPool::Impl {
     std::vector<std::thread> workers;
     std::mutex m;
     std::condition_variable cv_start, cv_done;
     std::atomic<uint64_t> word{0};                   // [generation:32 | next task:32]
-    std::atomic<int64_t> n_tasks{0}, done{0};        // of the current job
+    std::atomic<uint64_t> job{0};                    // [generation:32 | n_tasks:32] of the current job
+    std::atomic<int64_t> done{0};                    // tasks of the current job finished
     std::atomic<const std::function<void(int64_t, int)> *> fn{nullptr};
     std::atomic<int> sleepers{0};                    // workers blocked on cv_start
     std::atomic<bool> caller_sleeping{false};
@@ -47,9 +55,11 @@ struct ThreadPool::Impl {
         uint64_t w = word.load(std::memory_order_acquire);
         for (;;) {
             if (gen_of(w) != gen) return;
-            // The job is live while task_of(w) < its n_tasks is unclaimed, so n_tasks and fn
-            // are this job's values whenever the exchange below succeeds.
-            const int64_t n = n_tasks.load(std::memory_order_relaxed);
+            // The count is this generation's (or the word is stale and the exchange below
+            // fails); fn is this job's whenever the exchange succeeds.
+            const uint64_t j = job.load(std::memory_order_acquire);
+            if (gen_of(j) != gen) return;
+            const int64_t n = int64_t(task_of(j));
             if (int64_t(task_of(w)) >= n) return;
             if (!word.compare_exchange_weak(w, w + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
             (*fn.load(std::memory_order_relaxed))(int64_t(task_of(w)), thread);
@@ -100,17 +110,17 @@ ThreadPool::~ThreadPool() {
 
 void ThreadPool::parallel_for(int64_t n_tasks, const std::function<void(int64_t task, int thread)> &fn) {
     if (n_tasks <= 0) return;
-    if (n_threads_ == 1 || n_tasks == 1) {
+    if (n_threads_ == 1 || n_tasks == 1 || n_tasks > int64_t(UINT32_MAX)) {   // (no job holds 2^32 tasks)
         for (int64_t t = 0; t < n_tasks; ++t) fn(t, 0);
         return;
     }
     Impl &p = *impl_;
     // The previous job is complete (all its tasks done), so no thread reads these until the new
     // generation is published below.
-    p.n_tasks.store(n_tasks, std::memory_order_relaxed);
+    const uint32_t gen = gen_of(p.word.load(std::memory_order_relaxed)) + 1;
+    p.job.store(pack(gen, uint32_t(n_tasks)), std::memory_order_release);
     p.fn.store(&fn, std::memory_order_relaxed);
     p.done.store(0, std::memory_order_relaxed);
-    const uint32_t gen = gen_of(p.word.load(std::memory_order_relaxed)) + 1;
     p.word.store(pack(gen, 0));   // seq_cst: a worker about to sleep either sees it or is counted
     if (p.sleepers.load() > 0) {
         { std::lock_guard<std::mutex> lk(p.m); }
