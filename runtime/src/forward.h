@@ -44,6 +44,7 @@ struct Scratch {
     std::unique_ptr<const uint8_t *[]> rows;   // [U_max] raw LUT row of each distinct id (LutStore::prepare)
     int64_t mix_stride = 0;                   // floats per thread in mix_tmp
     std::unique_ptr<float[]> mix_tmp;         // [n_threads, N*d + 2 blocks] one layer's slice, dequantized
+    std::unique_ptr<uint8_t[]> embd_raw;   // [row bytes of token_embd] one embedding row as read from the file
     std::unique_ptr<float[]> out_x;    // [B, d] final-normed rows whose logits are wanted
     std::unique_ptr<int32_t[]> ids, pos, uniq_slot, uniq, out_rows;   // [B]
     std::unique_ptr<int32_t[]> group_seq, group_start, group_len;     // [n_seq]

@@ -34,8 +34,9 @@ uint64_t page_size() {
 }
 
 Status LargeBuffer::allocate(uint64_t bytes, bool huge, const char *what, std::unique_ptr<LargeBuffer> *out) {
-    constexpr uint64_t kHuge = uint64_t(2) << 20;
-    const uint64_t len = (std::max<uint64_t>(bytes, 1) + kHuge - 1) / kHuge * kHuge;
+    // Whole pages only: a partial last 2 MB stays in small pages rather than costing a huge one
+    // (Linux places anonymous mappings of 2 MB and more on huge-page boundaries itself).
+    const uint64_t ps = page_size(), len = (std::max<uint64_t>(bytes, 1) + ps - 1) / ps * ps;
     void *p = mmap(nullptr, static_cast<size_t>(len), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return set_error(MOLE_STATUS_OUT_OF_MEMORY, "cannot allocate %s (%s)", what, human_bytes(bytes).c_str());
