@@ -47,7 +47,8 @@ Status Scratch::init(const Model &m, int32_t n_batch, int32_t n_seq, int32_t thr
         (st = alloc(rows, U_max, "the step's LUT row table")) ||
         (st = alloc(mix_tmp, n_threads * mix_stride, "the LUT mix buffer")) ||
         (st = alloc(out_x, B * d, "activations")) ||
-        (st = alloc(embd_raw, int64_t(m.tok_embd.row_bytes()), "the embedding row buffer")) || (st = alloc(ids, B, "plan")) || (st = alloc(pos, B, "plan")) ||
+        (st = alloc(embd_raw, int64_t(m.tok_embd.row_bytes()), "the embedding row buffer")) ||
+        (st = alloc(ids, B, "plan")) || (st = alloc(pos, B, "plan")) ||
         (st = alloc(uniq_slot, B, "plan")) || (st = alloc(uniq, B, "plan")) || (st = alloc(out_rows, B, "plan")) ||
         (st = alloc(group_seq, n_seq, "plan")) || (st = alloc(group_start, n_seq, "plan")) ||
         (st = alloc(group_len, n_seq, "plan")) || (st = alloc(seq_count, n_seq, "plan")) ||
