@@ -2,39 +2,25 @@
 // processing), queries in the 16 lanes: no horizontal sum per key. Scores of 8 keys per pass over
 // the head dimension (a broadcast key element times the queries' column), softmax down the key
 // axis with double sums, then out_j = sum_t p[t][j] v_t for 4 queries per pass over the values.
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cmath>
 
+#include "backend/cpu/avx512_common.h"
 #include "backend/cpu/kernels.h"
-
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
 
 namespace mole::cpu {
 
 namespace {
 
 // e^x for x <= 0 (x >= -104 after the clamp; below, the result underflows to ~0), ~1e-7 relative:
-// x = k ln2 + r (Cody-Waite), e^r by Taylor to r^7 on |r| <= 0.35.
+// x = k ln2 + r (Cody-Waite).
 inline __m512 exp_neg(__m512 x) {
     x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
     const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
     r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 e = _mm512_set1_ps(1.0f / 5040.0f);
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 720.0f));
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 120.0f));
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 24.0f));
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 6.0f));
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(0.5f));
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f));
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(e, k);
+    return exp_reduced_avx512(r, k);
 }
 
 // Lanes (queries) that see key t: query j sees keys 0 .. n0 + j - 1.

@@ -2,15 +2,8 @@
 // Float types: 16-wide FMA over R W rows x C X rows. Q8_0/Q4_0: VNNI vpdpbusd, two blocks per
 // 512-bit register, weights as the unsigned operand (q8: w + 128, q4: the raw nibble), the offset
 // removed exactly in integers with the block's activation sum: sum (u - o) x = sum u x - o sum x.
-#include <immintrin.h>
-
+#include "backend/cpu/avx512_common.h"
 #include "backend/cpu/kernels.h"
-
-// GCC 12 reports its own _mm512_undefined_* helpers inside the intrinsic headers as uninitialized.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
 
 namespace mole::cpu {
 
@@ -314,16 +307,7 @@ void gelu_avx512(float *x, int64_t n) {
         __m512 r = _mm512_fnmadd_ps(k, ln2_hi, yh);
         r = _mm512_fnmadd_ps(k, ln2_lo, r);
         r = _mm512_add_ps(r, yl);
-        // e^r on |r| <= ~0.35: Taylor to r^7 (truncation < 1e-8 relative)
-        __m512 e = _mm512_set1_ps(1.0f / 5040.0f);
-        e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 720.0f));
-        e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 120.0f));
-        e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 24.0f));
-        e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 6.0f));
-        e = _mm512_fmadd_ps(e, r, half);
-        e = _mm512_fmadd_ps(e, r, one);
-        e = _mm512_fmadd_ps(e, r, one);
-        const __m512 c = _mm512_mul_ps(t, _mm512_scalef_ps(e, k));   // erfc(a); scalef: graceful underflow
+        const __m512 c = _mm512_mul_ps(t, exp_reduced_avx512(r, k));   // erfc(a)
         const __mmask16 pos = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GE_OQ);
         const __m512 phi = _mm512_mask_sub_ps(c, pos, two, c);
         // NaN stays NaN through the products

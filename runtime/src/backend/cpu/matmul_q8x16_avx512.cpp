@@ -2,16 +2,10 @@
 // run-time check. A tile is G groups (16 rows each) x C activation rows: per 4-byte group c of a
 // block, G weight loads and C broadcasts feed G*C vpdpbusd into integer block sums, which become
 // float once per block. Same arithmetic as matmul_q8x16_portable, so the results are identical.
-#include <immintrin.h>
-
 #include <cstring>
 
+#include "backend/cpu/avx512_common.h"
 #include "backend/cpu/repack.h"
-
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
 
 namespace mole::cpu {
 
