@@ -68,7 +68,7 @@ Status need_tokenizer(const char *fn, const mole_model *model) {
 extern "C" {
 
 MOLE_API int32_t mole_abi_version(void) { return MOLE_ABI_VERSION; }
-MOLE_API const char *mole_version(void) { return "0.1.0"; }
+MOLE_API const char *mole_version(void) { return MOLE_VERSION_STRING; }   // CMake's project version
 MOLE_API const char *mole_last_error(void) { return mole::last_error(); }
 
 MOLE_API const char *mole_status_string(enum mole_status status) {
@@ -120,12 +120,14 @@ MOLE_API enum mole_status mole_model_load(const char *path, const struct mole_mo
     mole_model_params p;
     mole_model_default_params(&p);
     if (params) p = *params;
-    if (p.device == MOLE_DEVICE_CUDA)
-        return set_error(MOLE_STATUS_UNSUPPORTED, "device CUDA: this build of libmole has no CUDA backend");
-    if (p.device != MOLE_DEVICE_CPU)
+    if (p.device != MOLE_DEVICE_CPU && p.device != MOLE_DEVICE_CUDA)
         return set_error(MOLE_STATUS_INVALID_ARGUMENT, "unknown device %d (0: CPU, 1: CUDA)", p.device);
+    if (p.device_index < 0)
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "device_index must be >= 0, got %d", p.device_index);
     mole::LoadOptions opts;
     opts.check_tensors = p.check_tensors != 0;
+    opts.device = p.device;
+    opts.device_index = p.device_index;
     std::unique_ptr<mole::Model> m;
     if (Status s = mole::load_model(path, opts, &m)) return s;
     auto h = std::make_unique<mole_model>();
@@ -385,9 +387,9 @@ MOLE_API enum mole_status mole_context_get_stats(const struct mole_context *ctx,
     MOLE_REQUIRE(ctx);
     MOLE_REQUIRE(out);
     const mole::Context &c = *ctx->impl;
-    out->lut_rows_fetched = c.lut.counters.rows_fetched;
-    out->lut_bytes_fetched = c.lut.counters.bytes_fetched;
-    out->lut_cache_hits = c.lut.counters.cache_hits;
+    out->lut_rows_fetched = c.lut.counters().rows_fetched;
+    out->lut_bytes_fetched = c.lut.counters().bytes_fetched;
+    out->lut_cache_hits = c.lut.counters().cache_hits;
     out->tokens_evaluated = c.stats.tokens_evaluated;
     out->steps = c.stats.steps;
     out->lut_cache_bytes = c.lut.cache_bytes_used();
@@ -399,7 +401,7 @@ MOLE_API enum mole_status mole_context_get_stats(const struct mole_context *ctx,
 
 MOLE_API void mole_context_reset_stats(struct mole_context *ctx) {
     if (!ctx || !ctx->impl) return;
-    ctx->impl->lut.counters = mole::LutCounters{};
+    ctx->impl->lut.counters() = mole::LutCounters{};
     ctx->impl->stats = mole::Stats{};
 }
 

@@ -30,10 +30,14 @@ Status Context::init(const Model &m, const ContextParams &p_in) {
     if (p.lut_cache_mb == -1) p.lut_cache_mb = 64;
     if (p.lut_cache_mb > (int64_t(1) << 30)) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "lut_cache_mb %" PRId64 " is too large", p.lut_cache_mb);
     params = p;
-    pool = std::make_unique<cpu::ThreadPool>(p.n_threads);
-    if (Status s = kv.init(m, p.n_ctx, p.n_seq_max)) return s;
-    if (Status s = scratch.init(m, p.n_batch, p.n_seq_max, p.n_threads)) return s;
-    if (Status s = lut.init(m, static_cast<uint64_t>(p.lut_cache_mb) << 20, p.n_batch)) return s;
+    BackendParams bp;
+    bp.n_threads = p.n_threads;
+    bp.device_index = m.device_index;
+    if (Status s = m.backend->create(*m.device_weights, bp, &backend)) return s;
+    if (Status s = alloc_kv_cache(*backend, m.hp, p.n_ctx, p.n_seq_max, &kv)) return s;
+    if (Status s = planner.init(p.n_batch, p.n_seq_max, m.hp.n_vocab, m.hp.n_expert > 0)) return s;
+    if (Status s = scratch.init(*backend, m.hp, p.n_batch)) return s;
+    if (Status s = lut.init(m, *backend, static_cast<uint64_t>(p.lut_cache_mb) << 20, p.n_batch)) return s;
     seq_len.assign(static_cast<size_t>(p.n_seq_max), 0);
     chunk_count.assign(static_cast<size_t>(p.n_seq_max), 0);
     return MOLE_STATUS_OK;
@@ -75,13 +79,12 @@ Status Context::decode(int32_t n_tokens, const int32_t *tokens, const int32_t *s
             status = set_error(MOLE_STATUS_CANCELLED, "decode cancelled after %d of %d tokens", start, n_tokens);
             break;
         }
-        plan_step(scratch, n, tokens + start, seq_ids ? seq_ids + start : nullptr,
-                  want_logits ? want_logits + start : nullptr, seq_len.data(), params.n_seq_max);
-        float *out = scratch.plan.n_out > 0 ? logits + logits_done * hp.n_vocab : nullptr;
-        status = forward_step(*model, scratch, kv, lut, pool.get(), cancel, out, &times);
+        const StepPlan &p = planner.plan(n, tokens + start, seq_ids ? seq_ids + start : nullptr,
+                                         want_logits ? want_logits + start : nullptr, seq_len.data());
+        float *out = p.n_out > 0 ? logits + logits_done * hp.n_vocab : nullptr;
+        status = forward_step(*model, *backend, p, scratch, kv, lut, cancel, out, &times);
         if (status != MOLE_STATUS_OK) break;
         // Commit: the chunk's tokens now belong to their sequences.
-        const StepPlan &p = scratch.plan;
         for (int32_t g = 0; g < p.n_groups; ++g) seq_len[p.group_seq[g]] += p.group_len[g];
         logits_done += static_cast<size_t>(p.n_out);
         stats.tokens_evaluated += static_cast<uint64_t>(n);

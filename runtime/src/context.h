@@ -1,15 +1,17 @@
-// A decoding context: KV cache per sequence, scratch for one step, LUT store with its row cache,
-// thread pool and counters. Used by one thread at a time (cancel excepted).
+// A decoding context: its backend (workers, device memory), KV cache per sequence, the step's
+// plan and activations, LUT store with its row cache, and counters. Used by one thread at a time
+// (cancel excepted).
 #pragma once
 
 #include <atomic>
 #include <memory>
 #include <vector>
 
-#include "backend/cpu/threadpool.h"
+#include "backend/backend.h"
 #include "forward.h"
 #include "lut.h"
 #include "model.h"
+#include "plan.h"
 
 namespace mole {
 
@@ -29,8 +31,9 @@ struct Stats {
 struct Context {
     const Model *model = nullptr;
     ContextParams params;                // resolved (no 0/-1 defaults left)
-    std::unique_ptr<cpu::ThreadPool> pool;
+    std::unique_ptr<Backend> backend;
     KvCache kv;
+    Planner planner;
     Scratch scratch;
     LutStore lut;
     std::vector<int32_t> seq_len;        // [n_seq] next position of each sequence

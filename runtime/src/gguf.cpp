@@ -7,7 +7,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "backend/cpu/ops.h"
+#include "types.h"
 
 namespace mole {
 
@@ -212,17 +212,6 @@ std::string GgufTensor::shape_string() const {
     return s + "]";
 }
 
-std::string human_bytes(uint64_t n) {
-    char buf[64];
-    const char *units[] = {"B", "KB", "MB", "GB", "TB", "PB", "EB"};
-    double v = static_cast<double>(n);
-    int u = 0;
-    while (v >= 1000.0 && u < 6) { v /= 1000.0; ++u; }
-    if (u == 0) std::snprintf(buf, sizeof buf, "%" PRIu64 " B", n);
-    else std::snprintf(buf, sizeof buf, "%.1f %s", v, units[u]);
-    return buf;
-}
-
 Status Gguf::parse(const uint8_t *data, uint64_t size, const std::string &what) {
     what_copy_ = what;
     const std::string &w = what_copy_;
@@ -309,14 +298,14 @@ Status Gguf::parse(const uint8_t *data, uint64_t size, const std::string &what) 
         if (Status s = r.u64(&t.offset, info.c_str())) return s;
 
         int64_t block_elems, block_bytes;
-        if (!cpu::type_traits(t.type, &block_elems, &block_bytes))
+        if (!type_traits(t.type, &block_elems, &block_bytes))
             return set_error(MOLE_STATUS_FORMAT_ERROR,
                              "%s: tensor '%s': unsupported type %u (supported: f32, f16, bf16, q8_0, q4_0)", w.c_str(),
                              tn, t.type);
         if (t.ne[0] % block_elems != 0)
             return set_error(MOLE_STATUS_FORMAT_ERROR,
                              "%s: tensor '%s': row length %" PRId64 " is not a multiple of the %s block size %" PRId64,
-                             w.c_str(), tn, t.ne[0], cpu::type_name(static_cast<cpu::Type>(t.type)), block_elems);
+                             w.c_str(), tn, t.ne[0], type_name(static_cast<Type>(t.type)), block_elems);
         uint64_t n_rows = 1, bytes;
         bool overflow = false;
         for (uint32_t d = 1; d < t.n_dims; ++d) overflow |= mul_overflows(n_rows, static_cast<uint64_t>(t.ne[d]), &n_rows);

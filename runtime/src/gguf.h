@@ -90,7 +90,4 @@ private:
     std::unordered_map<std::string, size_t> tensor_index_;
 };
 
-// "1.7 GB", "512 B": a byte count for messages.
-std::string human_bytes(uint64_t n);
-
 }  // namespace mole

@@ -2,7 +2,7 @@
 // This is the only file of the runtime with platform #ifdefs.
 #include "mmap.h"
 
-#include "gguf.h"   // human_bytes
+#include "error.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -11,7 +11,6 @@
 #include <set>
 #include <thread>
 #include <utility>
-#include <vector>
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <fcntl.h>
@@ -157,30 +156,6 @@ bool MappedFile::read_at(uint64_t offset, void *dst, uint64_t len) const {
         len -= static_cast<uint64_t>(n);
     }
     return true;
-}
-
-int64_t MappedFile::resident_pages(uint64_t offset, uint64_t len, int64_t *n_pages) const {
-    uint64_t s, e;
-    if (!page_range(size_, offset, len, &s, &e)) {
-        if (n_pages) *n_pages = 0;
-        return 0;
-    }
-    uint64_t n = (e - s) / page_size();
-    if (n_pages) *n_pages = static_cast<int64_t>(n);
-#if defined(__linux__) || defined(__APPLE__)
-    std::vector<unsigned char> vec(static_cast<size_t>(n));
-#if defined(__APPLE__)
-    if (mincore(const_cast<uint8_t *>(data_) + s, static_cast<size_t>(e - s), reinterpret_cast<char *>(vec.data())) != 0)
-        return -1;
-#else
-    if (mincore(const_cast<uint8_t *>(data_) + s, static_cast<size_t>(e - s), vec.data()) != 0) return -1;
-#endif
-    int64_t resident = 0;
-    for (unsigned char c : vec) resident += c & 1;
-    return resident;
-#else
-    return -1;
-#endif
 }
 
 bool MappedFile::all_resident(uint64_t offset, uint64_t len) const {

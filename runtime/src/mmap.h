@@ -32,9 +32,6 @@ public:
     // Copies file bytes [offset, offset + len) into dst with pread (no mapping of the pages, so
     // they never count in RSS); false on an I/O error or a short read.
     bool read_at(uint64_t offset, void *dst, uint64_t len) const;
-    // Pages of [offset, offset + len) resident in memory now, and the page count of the range
-    // (-1 if the platform cannot tell).
-    int64_t resident_pages(uint64_t offset, uint64_t len, int64_t *n_pages) const;
     // Whether every page of the range is in memory now (false if the platform cannot tell).
     // Allocation-free, for the decode loop.
     bool all_resident(uint64_t offset, uint64_t len) const;

@@ -9,9 +9,8 @@
 //   (10000), mole.rope.scaling.type ("none"; "linear" needs mole.rope.scaling.factor > 0),
 //   tokenizer.ggml.{bos,eos,padding}_token_id (absent: -1), general.alignment (32).
 //
-// On AVX-512 VNNI machines the Q8_0 matrices are repacked at load into the q8x16 layout
-// (backend/cpu/repack.h; same bytes, read with pread so the mapping's pages never count in RSS):
-// 4-5x faster prompt matmuls and faster decode. MOLE_CPU_REPACK=0 keeps them in place.
+// The dense weights then go to the device's backend (Model::device_weights): the CPU repacks
+// them, a GPU uploads them. The LUT stays in the mapping.
 #include "model.h"
 
 #include <cinttypes>
@@ -21,8 +20,6 @@
 #include <set>
 #include <vector>
 
-#include "backend/cpu/kernels.h"
-#include "backend/cpu/repack.h"
 #include "names.h"
 
 namespace mole {
@@ -38,7 +35,7 @@ std::string type_list(unsigned mask) {
     for (uint32_t t : {0u, 1u, 30u, 8u, 2u})
         if (mask & (1u << t)) {
             if (!s.empty()) s += "/";
-            s += cpu::type_name(static_cast<cpu::Type>(t));
+            s += type_name(static_cast<Type>(t));
         }
     return s;
 }
@@ -46,9 +43,11 @@ std::string type_list(unsigned mask) {
 struct Binder {
     const Model &m;
     std::set<std::string> used;
+    std::vector<const Weight *> weights;
 
     // Binds tensor `name` of shape [ne0] or [ne0, ne1] with a type in `types`.
     Status bind(const std::string &name, int64_t ne0, int64_t ne1, unsigned types, Weight *w) {
+        w->use = ne1 == 0 ? WeightUse::Vector : name == names::TENSOR_TOKEN_EMBD ? WeightUse::Rows : WeightUse::Matrix;
         const std::string &path = m.file->path();
         const GgufTensor *t = m.gguf.find_tensor(name);
         if (!t) return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: missing tensor '%s'", path.c_str(), name.c_str());
@@ -63,17 +62,21 @@ struct Binder {
         }
         if (t->type >= 32 || !(types & (1u << t->type)))
             return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: tensor '%s': type %s is not allowed here (allowed: %s)",
-                             path.c_str(), name.c_str(), cpu::type_name(static_cast<cpu::Type>(t->type)),
+                             path.c_str(), name.c_str(), type_name(static_cast<Type>(t->type)),
                              type_list(types).c_str());
         if (t->offset % 4 != 0)
             return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: tensor '%s': data offset %llu is not 4-byte aligned",
                              path.c_str(), name.c_str(), static_cast<unsigned long long>(t->offset));
         w->data = m.file->data() + t->offset;
-        w->type = static_cast<cpu::Type>(t->type);
+        w->type = static_cast<Type>(t->type);
         w->ne0 = t->ne[0];
         w->ne1 = one_d ? 1 : t->ne[1];
         w->offset = t->offset;
         w->nbytes = t->nbytes;
+        if (name != names::TENSOR_LUT) {   // the LUT never goes to the device whole
+            w->id = int32_t(weights.size());
+            weights.push_back(w);
+        }
         used.insert(name);
         return MOLE_STATUS_OK;
     }
@@ -179,7 +182,7 @@ Status bind_tensors(Model &m) {
     const Hparams &hp = m.hp;
     const int64_t d = hp.n_embd, V = hp.n_vocab, D = hp.n_ff, N = hp.n_expert, L = hp.n_layer;
     const int64_t q_dim = int64_t(hp.n_head) * hp.head_dim, kv_dim = int64_t(hp.n_head_kv) * hp.head_dim;
-    Binder b{m, {}};
+    Binder b{m, {}, {}};
     if (Status s = b.bind(names::TENSOR_TOKEN_EMBD, d, V, kEmbdTypes, &m.tok_embd)) return s;
     m.layers.resize(static_cast<size_t>(L));
     for (int i = 0; i < L; ++i) {
@@ -217,6 +220,7 @@ Status bind_tensors(Model &m) {
             m.n_params_dense += static_cast<uint64_t>(t.n_elements());
         }
     }
+    m.weights = std::move(b.weights);
     return MOLE_STATUS_OK;
 }
 
@@ -278,7 +282,7 @@ Status scan_tensors(const Model &m) {
         uint64_t rb = t.nbytes / static_cast<uint64_t>(n_rows);
         row.resize(static_cast<size_t>(t.ne[0]));
         for (int64_t r = 0; r < n_rows; ++r) {
-            cpu::dequantize_row(static_cast<cpu::Type>(t.type), m.file->data() + t.offset + r * rb, row.data(), t.ne[0]);
+            dequantize_row_ref(static_cast<Type>(t.type), m.file->data() + t.offset + r * rb, row.data(), t.ne[0]);
             for (int64_t c = 0; c < t.ne[0]; ++c)
                 if (!std::isfinite(row[c]))
                     return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: tensor '%s': non-finite value %g at row %" PRId64
@@ -288,49 +292,21 @@ Status scan_tensors(const Model &m) {
     return MOLE_STATUS_OK;
 }
 
-bool repack_wanted() {
-    const char *e = std::getenv("MOLE_CPU_REPACK");
-    if (e && (!std::strcmp(e, "0") || !std::strcmp(e, "off") || !std::strcmp(e, "false"))) return false;
-    return cpu::active_isa() == cpu::Isa::Avx512;
-}
-
-// Copies every Q8_0 matrix into the q8x16 layout, reading the file with pread a chunk of rows at
-// a time (the mapping's pages are never touched, so they do not count in RSS).
-Status repack_weights(Model &m) {
-    std::vector<Weight *> ws;
-    for (LayerWeights &l : m.layers)
-        for (Weight *w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_up, &l.ffn_down}) ws.push_back(w);
-    ws.push_back(&m.output);
-    uint64_t total = 0;
-    for (Weight *w : ws)
-        if (w->type == cpu::Type::Q8_0) total += uint64_t(cpu::q8x16_bytes(w->ne1, w->ne0));
-    if (total == 0) return MOLE_STATUS_OK;
-    if (Status s = LargeBuffer::allocate(total, true, "the repacked weights (MOLE_CPU_REPACK=0 reads them in place)",
-                                         &m.packed_store))
-        return s;
-    uint8_t *dst = m.packed_store->data();   // zero-filled: the last group's padding rows stay 0
-    std::vector<uint8_t> chunk;
-    for (Weight *w : ws) {
-        if (w->type != cpu::Type::Q8_0) continue;
-        const int64_t rb = int64_t(w->row_bytes()), rows_per_chunk = std::max<int64_t>(16, (1 << 20) / rb / 16 * 16);
-        chunk.resize(size_t(rows_per_chunk * rb));
-        for (int64_t r = 0; r < w->ne1; r += rows_per_chunk) {
-            const int64_t r1 = std::min(w->ne1, r + rows_per_chunk);
-            if (!m.file->read_at(w->offset + uint64_t(r * rb), chunk.data(), uint64_t((r1 - r) * rb)))
-                return set_error(MOLE_STATUS_IO_ERROR, "%s: cannot read the weights at offset %llu", m.file->path().c_str(),
-                                 static_cast<unsigned long long>(w->offset + uint64_t(r * rb)));
-            cpu::pack_q8x16(reinterpret_cast<const cpu::BlockQ8_0 *>(chunk.data()), r, r1, w->ne0, dst);
-        }
-        w->packed = dst;
-        dst += cpu::q8x16_bytes(w->ne1, w->ne0);
-    }
-    return MOLE_STATUS_OK;
+// The backend of opts.device, asked whether it can run here before the file is read.
+Status find_device(const LoadOptions &opts, const BackendInfo **out) {
+    const char *name = opts.device == MOLE_DEVICE_CUDA ? "CUDA" : opts.device == MOLE_DEVICE_CPU ? "CPU" : "?";
+    *out = find_backend(opts.device);
+    if (!*out)
+        return set_error(MOLE_STATUS_UNSUPPORTED, "device %s: this build of libmole has no %s backend", name, name);
+    return (*out)->probe(opts.device_index);
 }
 
 }  // namespace
 
 Status load_model(const std::string &path, const LoadOptions &opts, std::unique_ptr<Model> *out) {
     auto m = std::make_unique<Model>();
+    if (Status s = find_device(opts, &m->backend)) return s;
+    m->device_index = opts.device_index;
     if (Status s = MappedFile::open(path, &m->file)) return s;
     if (Status s = m->gguf.parse(m->file->data(), m->file->size(), path)) return s;
     if (Status s = read_hparams(*m)) return s;
@@ -346,8 +322,9 @@ Status load_model(const std::string &path, const LoadOptions &opts, std::unique_
     uint64_t dense_end_page = m->hp.n_expert > 0 ? dense_end / ps * ps : dense_end;
     if (dense_end_page > 0) m->file->advise_willneed(0, dense_end_page);
     if (m->hp.n_expert > 0) m->file->advise_random(m->lut.offset, m->lut.nbytes);
-    if (repack_wanted())
-        if (Status s = repack_weights(*m)) return s;
+    if (Status s = m->backend->load_weights(m->weights.data(), int32_t(m->weights.size()), m->file.get(),
+                                            opts.device_index, &m->device_weights))
+        return s;
     *out = std::move(m);
     return MOLE_STATUS_OK;
 }

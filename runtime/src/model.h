@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "backend/cpu/ops.h"
+#include "backend/backend.h"
 #include "gguf.h"
 #include "mmap.h"
 #include "tokenizer.h"
@@ -29,17 +29,6 @@ struct Hparams {
     float rope_theta = 10000.0f;
     float rope_freq_scale = 1.0f;   // 1 / linear scaling factor
     int32_t bos_id = -1, eos_id = -1, pad_id = -1;
-};
-
-// A tensor living in the mapping, in its file type; rows of ne[0] elements. A Q8_0 matrix may
-// also have a q8x16 copy (backend/cpu/repack.h) that the CPU matmuls read instead.
-struct Weight {
-    const uint8_t *data = nullptr;
-    const uint8_t *packed = nullptr;   // q8x16 layout in Model::packed_store, or null
-    cpu::Type type = cpu::Type::F32;
-    int64_t ne0 = 0, ne1 = 1;
-    uint64_t offset = 0, nbytes = 0;
-    uint64_t row_bytes() const { return ne1 ? nbytes / static_cast<uint64_t>(ne1) : 0; }
 };
 
 struct LayerWeights {
@@ -66,14 +55,20 @@ struct Model {
     std::unique_ptr<Tokenizer> tokenizer;   // null if the file has no tokenizer.ggml.tokens
     uint64_t dense_bytes = 0;
     uint64_t n_params_dense = 0;
-    std::unique_ptr<LargeBuffer> packed_store;   // the q8x16 copies, one after another
+    std::vector<const Weight *> weights;    // every tensor above but the LUT, in id order (Weight::id)
+    const BackendInfo *backend = nullptr;   // the device the model was loaded for
+    int32_t device_index = 0;
+    std::unique_ptr<WeightStore> device_weights;   // that backend's copy of the weights
 };
 
 struct LoadOptions {
     bool check_tensors = false;   // scan every tensor's values for NaN/Inf
+    int32_t device = 0;           // enum mole_device
+    int32_t device_index = 0;
 };
 
-// Maps `path`, validates it as a mole GGUF and fills *out. Errors name the key or tensor.
+// Maps `path`, validates it as a mole GGUF, gives the weights to the device's backend and fills
+// *out. Errors name the key or tensor, or why the device cannot be used.
 Status load_model(const std::string &path, const LoadOptions &opts, std::unique_ptr<Model> *out);
 
 // All metadata as one JSON object.

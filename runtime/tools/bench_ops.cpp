@@ -18,6 +18,7 @@
 #include "backend/cpu/repack.h"
 #include "backend/cpu/threadpool.h"
 
+using namespace mole;
 using namespace mole::cpu;
 
 namespace {

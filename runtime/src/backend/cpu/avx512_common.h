@@ -4,6 +4,8 @@
 
 #include <immintrin.h>
 
+#include "backend/cpu/exp_poly.h"
+
 // GCC 12 reports its own _mm512_undefined_* helpers inside the intrinsic headers as uninitialized.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -12,17 +14,11 @@
 
 namespace mole::cpu {
 
-// e^r * 2^k for |r| <= ~0.35 (after a Cody-Waite reduction x = k ln2 + r): Taylor to r^7
-// (truncation < 1e-8 relative); scalef underflows gracefully to 0 for very negative k.
+// e^r * 2^k for |r| <= ~0.35 (after a Cody-Waite reduction x = k ln2 + r; exp_poly.h); scalef
+// underflows gracefully to 0 for very negative k.
 inline __m512 exp_reduced_avx512(__m512 r, __m512 k) {
-    __m512 e = _mm512_set1_ps(1.0f / 5040.0f);
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 720.0f));
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 120.0f));
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 24.0f));
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 6.0f));
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(0.5f));
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f));
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f));
+    const __m512 e = exp_taylor(r, [](__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); },
+                                [](float c) { return _mm512_set1_ps(c); });
     return _mm512_scalef_ps(e, k);
 }
 

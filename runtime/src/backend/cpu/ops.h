@@ -7,23 +7,15 @@
 #include <cstdint>
 
 #include "backend/cpu/threadpool.h"
+#include "types.h"
 
 namespace mole::cpu {
-
-// ggml type ids (same values as enum mole_type).
-enum class Type : uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8, BF16 = 30 };
-
-// Elements per block and bytes per block of a type (F32: 1 and 4). False for unknown types.
-bool type_traits(uint32_t type, int64_t *block_elems, int64_t *block_bytes);
-// Bytes of a row of n elements (n must be a multiple of the block size).
-int64_t row_bytes(Type type, int64_t n);
-const char *type_name(Type type);
 
 struct Features { bool avx2 = false, fma = false, f16c = false, avx512f = false, avx512bw = false,
                   avx512vnni = false, avx512bf16 = false, avx512vl = false, avx512dq = false; };
 const Features &cpu_features();   // detected once (cpuid + xgetbv), thread-safe
 
-// dst[0..n) = dequantized row; n a multiple of the block size.
+// dst[0..n) = dequantized row; n a multiple of the block size. Same values as dequantize_row_ref.
 void dequantize_row(Type type, const void *src, float *dst, int64_t n);
 
 // Y[S, n] = X[S, k] @ W^T.  W: n rows of k elements each, stored as rows of `type`
@@ -52,7 +44,7 @@ void rmsnorm(const float *x, const float *w, int64_t S, int64_t d, float eps, fl
 void rope(float *x, int64_t S, int64_t n_head, int64_t head_dim, const int32_t *pos, float theta,
           float freq_scale);
 
-// x = 0.5 x (1 + erf(x / sqrt 2)) in place, n elements (relative error ~1e-7); large n is split
+// x = 0.5 x (1 + erf(x / sqrt 2)) in place, n elements (relative error < 1e-6); large n is split
 // over pool (may be null).
 void gelu(float *x, int64_t n, ThreadPool *pool = nullptr);
 

@@ -1,0 +1,235 @@
+// The CPU backend: the reference implementation of backend.h over the CPU kernels (ops.h). It owns
+// the thread pool, the q8x16 repacking of Q8_0 matrices (made once per model, on AVX-512 VNNI
+// machines; MOLE_CPU_REPACK=0 keeps the file's rows) and its memory; every op runs at once.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <new>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cpu/kernels.h"
+#include "backend/cpu/ops.h"
+#include "backend/cpu/repack.h"
+#include "backend/cpu/threadpool.h"
+#include "lut_reader.h"
+#include "mmap.h"
+#include "plan.h"
+
+namespace mole::cpu {
+
+namespace {
+
+// The weights as the CPU kernels read them: in place (the file's bytes), or q8x16 copies.
+class CpuWeights : public WeightStore {
+public:
+    const MappedFile *file = nullptr;            // null: weights are plain host memory
+    std::vector<const uint8_t *> packed;         // [n weights] q8x16 copy, or null
+    std::unique_ptr<LargeBuffer> packed_store;   // the copies, one after another
+};
+
+bool repack_wanted() {
+    const char *e = std::getenv("MOLE_CPU_REPACK");
+    if (e && (!std::strcmp(e, "0") || !std::strcmp(e, "off") || !std::strcmp(e, "false"))) return false;
+    return active_isa() == Isa::Avx512;
+}
+
+// Copies every Q8_0 matrix into the q8x16 layout, reading the file with pread a chunk of rows at
+// a time (the mapping's pages are never touched, so they do not count in RSS).
+Status repack(const Weight *const *ws, int32_t n, CpuWeights *out) {
+    auto repacked = [&](const Weight &w) { return w.use == WeightUse::Matrix && w.type == Type::Q8_0; };
+    uint64_t total = 0;
+    for (int32_t i = 0; i < n; ++i)
+        if (repacked(*ws[i])) total += uint64_t(q8x16_bytes(ws[i]->ne1, ws[i]->ne0));
+    if (total == 0) return MOLE_STATUS_OK;
+    if (Status s = LargeBuffer::allocate(total, true, "the repacked weights (MOLE_CPU_REPACK=0 reads them in place)",
+                                         &out->packed_store))
+        return s;
+    uint8_t *dst = out->packed_store->data();   // zero-filled: the last group's padding rows stay 0
+    std::vector<uint8_t> chunk;
+    for (int32_t i = 0; i < n; ++i) {
+        const Weight &w = *ws[i];
+        if (!repacked(w)) continue;
+        const int64_t rb = int64_t(w.row_bytes()), rows_per_chunk = std::max<int64_t>(16, (1 << 20) / rb / 16 * 16);
+        chunk.resize(size_t(rows_per_chunk * rb));
+        for (int64_t r = 0; r < w.ne1; r += rows_per_chunk) {
+            const int64_t r1 = std::min(w.ne1, r + rows_per_chunk);
+            const uint64_t off = uint64_t(r * rb), len = uint64_t((r1 - r) * rb);
+            if (!out->file) std::memcpy(chunk.data(), w.data + off, len);
+            else if (!out->file->read_at(w.offset + off, chunk.data(), len))
+                return set_error(MOLE_STATUS_IO_ERROR, "%s: cannot read the weights at offset %llu",
+                                 out->file->path().c_str(), static_cast<unsigned long long>(w.offset + off));
+            pack_q8x16(reinterpret_cast<const BlockQ8_0 *>(chunk.data()), r, r1, w.ne0, dst);
+        }
+        out->packed[size_t(w.id)] = dst;
+        dst += q8x16_bytes(w.ne1, w.ne0);
+    }
+    return MOLE_STATUS_OK;
+}
+
+class CpuBackend : public Backend {
+public:
+    CpuBackend(const CpuWeights &w, int n_threads) : w_(w), pool_(n_threads) {}
+    const char *name() const override { return "cpu"; }
+
+    Status alloc(uint64_t bytes, const char *what, void **out) override {
+        void *p = ::operator new(size_t(std::max<uint64_t>(bytes, 1)), std::align_val_t(64), std::nothrow);
+        if (!p) return set_error(MOLE_STATUS_OUT_OF_MEMORY, "cannot allocate %s (%s)", what, human_bytes(bytes).c_str());
+        buffers_.emplace_back(p);
+        *out = p;
+        return MOLE_STATUS_OK;
+    }
+    void upload(void *dst, const void *src, uint64_t bytes) override { std::memcpy(dst, src, bytes); }
+    void download(void *dst, const void *src, uint64_t bytes) override { std::memcpy(dst, src, bytes); }
+
+    Status alloc_lut_slots(int32_t n_slots, uint64_t row_bytes) override {
+        // Anonymous memory, touched only as rows arrive (no huge pages: their faults may stall a
+        // decode step on memory compaction).
+        slot_bytes_ = row_bytes;
+        populated_ = 0;
+        return LargeBuffer::allocate(uint64_t(n_slots) * row_bytes, false, "the LUT row cache", &slots_);
+    }
+
+    void begin_step(const StepPlan &plan) override { plan_ = &plan; }
+
+    // Rows are read with pread, like LUT rows: a fault on the mapping maps its page-cache
+    // neighbours too (fault-around, large folios), so a 512-token prompt touching 512 random
+    // rows of a 41 MB embedding counted 11-26 MB in RSS.
+    void embed(const Weight &e, float *x) override {
+        const int64_t d = e.ne0;
+        const uint64_t rb = e.row_bytes();
+        if (embd_raw_.size() < rb) embd_raw_.resize(size_t(rb));
+        for (int32_t r = 0; r < plan_->n_rows; ++r) {
+            const uint64_t off = uint64_t(plan_->ids[r]) * rb;
+            const uint8_t *row = e.data + off;
+            if (w_.file && w_.file->read_at(e.offset + off, embd_raw_.data(), rb)) row = embd_raw_.data();
+            dequantize_row(e.type, row, x + r * d, d);   // (an I/O error: the mapping has it or SIGBUS)
+        }
+    }
+
+    void rmsnorm(const float *x, const Weight &w, int64_t S, float eps, float *out) override {
+        cpu::rmsnorm(x, reinterpret_cast<const float *>(w.data), S, w.ne0, eps, out);
+    }
+
+    void matmul(const MatOut *outs, int n_outs, const float *X, int64_t S) override {
+        constexpr int kMax = 8;
+        MatmulOut mo[kMax];
+        for (int i0 = 0; i0 < n_outs; i0 += kMax) {
+            const int n = std::min(kMax, n_outs - i0);
+            for (int i = 0; i < n; ++i) mo[i] = out_of(outs[i0 + i]);
+            matmul_multi(mo, n, outs[i0].w->ne0, X, S, &pool_);
+        }
+    }
+
+    void rope(float *x, int64_t n_head, int64_t hd, float theta, float freq_scale) override {
+        cpu::rope(x, plan_->n_rows, n_head, hd, plan_->pos, theta, freq_scale);
+    }
+
+    void attention(KvCache &kv, int32_t layer, const float *q, const float *k, const float *v, int64_t n_head,
+                   int64_t n_head_kv, int64_t hd, float *out) override {
+        const StepPlan &p = *plan_;
+        const int64_t kvd = kv.kv_dim, qd = n_head * hd;
+        for (int32_t g = 0; g < p.n_groups; ++g) {
+            const int32_t r0 = p.group_start[g], len = p.group_len[g], pos0 = p.pos[r0];
+            float *kc = kv.k_at(p.group_seq[g], layer), *vc = kv.v_at(p.group_seq[g], layer);
+            std::memcpy(kc + int64_t(pos0) * kvd, k + int64_t(r0) * kvd, sizeof(float) * size_t(len * kvd));
+            std::memcpy(vc + int64_t(pos0) * kvd, v + int64_t(r0) * kvd, sizeof(float) * size_t(len * kvd));
+            cpu::attention(q + int64_t(r0) * qd, kc, vc, kvd, out + int64_t(r0) * qd, len, pos0, n_head, n_head_kv, hd,
+                           &pool_);
+        }
+    }
+
+    void softmax(float *x, int64_t S, int64_t n) override { cpu::softmax(x, S, n); }
+    void gelu(float *x, int64_t n) override { cpu::gelu(x, n, &pool_); }
+    void add(float *x, const float *y, int64_t n) override {
+        for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+    }
+
+    void gather_out_rows(const float *x, int64_t d, float *out) override {
+        for (int32_t i = 0; i < plan_->n_out; ++i)
+            std::memcpy(out + int64_t(i) * d, x + int64_t(plan_->out_rows[i]) * d, sizeof(float) * size_t(d));
+    }
+
+    void logits(const Weight &w, const float *X, int64_t n_out, float *host_logits) override {
+        const MatmulOut mo = out_of(MatOut{&w, host_logits});
+        matmul_multi(&mo, 1, w.ne0, X, n_out, &pool_);
+    }
+
+    void lut_fill(const LutReader &reader, const LutFill *fills, int32_t n, uint64_t off, uint64_t len) override {
+        for (int32_t i = 0; i < n; ++i) {
+            const int32_t s = fills[i].slot;
+            if (s >= populated_) {   // fresh slots: pages faulted in with one call, not one trap per page
+                slots_->populate(uint64_t(populated_) * slot_bytes_, uint64_t(s + 1 - populated_) * slot_bytes_);
+                populated_ = s + 1;
+            }
+            reader.read(fills[i].src + off, slots_->data() + uint64_t(s) * slot_bytes_ + off, len);
+        }
+    }
+
+    void lut_mix(const LutRow *rows, Type type, const BlockRange &slice, const float *gate, int64_t N, int64_t d,
+                 float *x) override {
+        const StepPlan &p = *plan_;
+        const int64_t S = p.n_rows, stride = N * d + 2 * QK;   // one layer's slice, dequantized, + 2 blocks
+        if (mix_tmp_.size() < size_t(pool_.size() * stride)) mix_tmp_.resize(size_t(pool_.size() * stride));
+        auto run = [&](int64_t r, int thread) {
+            const LutRow &row = rows[p.uniq_slot[r]];
+            const uint8_t *src = row.slot >= 0 ? slots_->data() + uint64_t(row.slot) * slot_bytes_ : row.host;
+            lut_mix_raw(type, gate + r * N, src + slice.offset, slice.skip, N, d, mix_tmp_.data() + thread * stride,
+                        x + r * d);
+        };
+        if (pool_.size() > 1 && S >= 8) pool_.parallel_for(S, std::ref(run));
+        else for (int64_t r = 0; r < S; ++r) run(r, 0);
+    }
+
+    Status synchronize() override { return MOLE_STATUS_OK; }
+    Status status() const override { return MOLE_STATUS_OK; }
+
+private:
+    struct AlignedFree {
+        void operator()(void *p) const { ::operator delete(p, std::align_val_t(64)); }
+    };
+
+    MatmulOut out_of(const MatOut &o) const {
+        const Weight &w = *o.w;
+        const uint8_t *packed = w.id >= 0 && size_t(w.id) < w_.packed.size() ? w_.packed[size_t(w.id)] : nullptr;
+        return packed ? MatmulOut{w.type, packed, w.ne1, o.Y, true} : MatmulOut{w.type, w.data, w.ne1, o.Y};
+    }
+
+    const CpuWeights &w_;
+    ThreadPool pool_;
+    const StepPlan *plan_ = nullptr;
+    std::vector<std::unique_ptr<void, AlignedFree>> buffers_;
+    std::unique_ptr<LargeBuffer> slots_;
+    uint64_t slot_bytes_ = 0;
+    int32_t populated_ = 0;            // slots [0, populated_) have their pages
+    std::vector<uint8_t> embd_raw_;    // one embedding row as read from the file
+    std::vector<float> mix_tmp_;       // [threads, N*d + 64] one layer's slice per thread
+};
+
+Status probe(int32_t) { return MOLE_STATUS_OK; }
+
+Status load_weights(const Weight *const *ws, int32_t n, const MappedFile *file, int32_t,
+                    std::unique_ptr<WeightStore> *out) {
+    auto w = std::make_unique<CpuWeights>();
+    w->file = file;
+    w->packed.assign(size_t(n), nullptr);
+    if (repack_wanted())
+        if (Status s = repack(ws, n, w.get())) return s;
+    *out = std::move(w);
+    return MOLE_STATUS_OK;
+}
+
+Status create(const WeightStore &weights, const BackendParams &params, std::unique_ptr<Backend> *out) {
+    *out = std::make_unique<CpuBackend>(static_cast<const CpuWeights &>(weights), std::max(1, params.n_threads));
+    return MOLE_STATUS_OK;
+}
+
+}  // namespace
+
+const BackendInfo *backend_info() {
+    static const BackendInfo info{MOLE_DEVICE_CPU, "cpu", probe, load_weights, create};
+    return &info;
+}
+
+}  // namespace mole::cpu
