@@ -27,7 +27,10 @@ int main(int argc, char **argv) {
     if (mole_model_load(argv[1], NULL, &model) != MOLE_STATUS_OK) return fail("load");
     struct mole_model_info info;
     mole_model_get_info(model, &info);
-    if (mole_context_new(model, NULL, &ctx) != MOLE_STATUS_OK) { fail("context"); goto done; }
+    if (mole_context_new(model, NULL, &ctx) != MOLE_STATUS_OK) {
+        fail("context");
+        goto done;
+    }
 
     struct mole_sampler_params sp;
     mole_sampler_default_params(&sp);
@@ -41,12 +44,18 @@ int main(int argc, char **argv) {
     mole_tokenize(model, argv[2], strlen(argv[2]), 0, 0, NULL, 0, &n_prompt); /* asks the size */
     tokens = malloc((n_prompt + 1) * sizeof *tokens);
     logits = malloc((size_t)info.n_vocab * sizeof *logits);
-    if (!tokens || !logits) { fprintf(stderr, "embed: out of memory\n"); goto done; }
+    if (!tokens || !logits) {
+        fprintf(stderr, "embed: out of memory\n");
+        goto done;
+    }
     if (mole_tokenize(model, argv[2], strlen(argv[2]), 0, 0, tokens, n_prompt, &n_prompt) != MOLE_STATUS_OK) {
         fail("tokenize");
         goto done;
     }
-    if (n_prompt == 0) { fprintf(stderr, "embed: empty prompt\n"); goto done; }
+    if (n_prompt == 0) {
+        fprintf(stderr, "embed: empty prompt\n");
+        goto done;
+    }
 
     /* the prompt in one step; logits of its last token only */
     int8_t *want = calloc(n_prompt, 1);
@@ -54,19 +63,28 @@ int main(int argc, char **argv) {
     want[n_prompt - 1] = 1;
     enum mole_status st = mole_decode(ctx, (int32_t)n_prompt, tokens, NULL, want, logits, (size_t)info.n_vocab);
     free(want);
-    if (st != MOLE_STATUS_OK) { fail("decode"); goto done; }
+    if (st != MOLE_STATUS_OK) {
+        fail("decode");
+        goto done;
+    }
 
     fputs(argv[2], stdout);
     char piece[256];
     for (int i = 0; i < n_predict; i++) {
         int32_t tok;
         size_t n;
-        if (mole_sampler_sample(sampler, logits, info.n_vocab, &tok) != MOLE_STATUS_OK) { fail("sample"); goto done; }
+        if (mole_sampler_sample(sampler, logits, info.n_vocab, &tok) != MOLE_STATUS_OK) {
+            fail("sample");
+            goto done;
+        }
         if (mole_token_is_eog(model, tok)) break;
         if (mole_decoder_push(decoder, tok, piece, sizeof piece, &n) == MOLE_STATUS_OK) fwrite(piece, 1, n, stdout);
         fflush(stdout);
         if (mole_decode(ctx, 1, &tok, NULL, NULL, logits, (size_t)info.n_vocab) != MOLE_STATUS_OK) {
-            if (i + 1 < n_predict) { fail("decode"); goto done; }
+            if (i + 1 < n_predict) {
+                fail("decode");
+                goto done;
+            }
         }
     }
     {

@@ -49,19 +49,10 @@ enum mole_status {
     MOLE_STATUS_INTERNAL_ERROR = 11
 };
 
-enum mole_device {
-    MOLE_DEVICE_CPU = 0,
-    MOLE_DEVICE_CUDA = 1
-};
+enum mole_device { MOLE_DEVICE_CPU = 0, MOLE_DEVICE_CUDA = 1 };
 
 /* GGML tensor type ids, as stored in the file. */
-enum mole_type {
-    MOLE_TYPE_F32 = 0,
-    MOLE_TYPE_F16 = 1,
-    MOLE_TYPE_Q4_0 = 2,
-    MOLE_TYPE_Q8_0 = 8,
-    MOLE_TYPE_BF16 = 30
-};
+enum mole_type { MOLE_TYPE_F32 = 0, MOLE_TYPE_F16 = 1, MOLE_TYPE_Q4_0 = 2, MOLE_TYPE_Q8_0 = 8, MOLE_TYPE_BF16 = 30 };
 
 /* ---- library ---------------------------------------------------------------------------- */
 
@@ -123,11 +114,11 @@ MOLE_API enum mole_status mole_model_metadata_string(const struct mole_model *mo
 /* Text (UTF-8, text_len bytes) to token ids. parse_special: 1 maps special-token text such as
  * "<|endoftext|>" to its id; 0 tokenizes it as plain text. *n_out = tokens needed. */
 MOLE_API enum mole_status mole_tokenize(const struct mole_model *model, const char *text, size_t text_len,
-                                        int32_t add_bos, int32_t parse_special, int32_t *tokens,
-                                        size_t capacity, size_t *n_out);
+                                        int32_t add_bos, int32_t parse_special, int32_t *tokens, size_t capacity,
+                                        size_t *n_out);
 /* The raw bytes of one token (may be part of a UTF-8 character). */
-MOLE_API enum mole_status mole_token_to_bytes(const struct mole_model *model, int32_t token, char *buf,
-                                              size_t capacity, size_t *n_out);
+MOLE_API enum mole_status mole_token_to_bytes(const struct mole_model *model, int32_t token, char *buf, size_t capacity,
+                                              size_t *n_out);
 /* Token ids to text; lossless: the bytes of the tokens concatenated. skip_special: 1 drops special
  * tokens. Invalid UTF-8 is passed through as bytes. */
 MOLE_API enum mole_status mole_detokenize(const struct mole_model *model, const int32_t *tokens, size_t n_tokens,
@@ -141,11 +132,10 @@ struct mole_decoder;
 MOLE_API enum mole_status mole_decoder_new(const struct mole_model *model, struct mole_decoder **out);
 MOLE_API void mole_decoder_free(struct mole_decoder *decoder);
 /* Appends one token; writes the text that became complete (possibly empty). */
-MOLE_API enum mole_status mole_decoder_push(struct mole_decoder *decoder, int32_t token, char *buf,
-                                            size_t capacity, size_t *n_out);
+MOLE_API enum mole_status mole_decoder_push(struct mole_decoder *decoder, int32_t token, char *buf, size_t capacity,
+                                            size_t *n_out);
 /* Writes what is held back (an incomplete sequence becomes U+FFFD) and resets. */
-MOLE_API enum mole_status mole_decoder_flush(struct mole_decoder *decoder, char *buf, size_t capacity,
-                                             size_t *n_out);
+MOLE_API enum mole_status mole_decoder_flush(struct mole_decoder *decoder, char *buf, size_t capacity, size_t *n_out);
 
 /* ---- context ------------------------------------------------------------------------------- */
 

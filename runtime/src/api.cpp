@@ -31,19 +31,19 @@ using mole::set_error;
 using mole::Status;
 
 #define MOLE_GUARD_BEGIN try {
-#define MOLE_GUARD_END                                                                                       \
-    }                                                                                                        \
-    catch (const std::bad_alloc &) {                                                                         \
-        return set_error(MOLE_STATUS_OUT_OF_MEMORY, "%s: out of memory", __func__);                          \
-    }                                                                                                        \
-    catch (const std::exception &e) {                                                                        \
-        return set_error(MOLE_STATUS_INTERNAL_ERROR, "%s: internal error: %s", __func__, e.what());          \
-    }                                                                                                        \
-    catch (...) {                                                                                            \
-        return set_error(MOLE_STATUS_INTERNAL_ERROR, "%s: internal error (unknown exception)", __func__);    \
+#define MOLE_GUARD_END                                                                                    \
+    }                                                                                                     \
+    catch (const std::bad_alloc &) {                                                                      \
+        return set_error(MOLE_STATUS_OUT_OF_MEMORY, "%s: out of memory", __func__);                       \
+    }                                                                                                     \
+    catch (const std::exception &e) {                                                                     \
+        return set_error(MOLE_STATUS_INTERNAL_ERROR, "%s: internal error: %s", __func__, e.what());       \
+    }                                                                                                     \
+    catch (...) {                                                                                         \
+        return set_error(MOLE_STATUS_INTERNAL_ERROR, "%s: internal error (unknown exception)", __func__); \
     }
 
-#define MOLE_REQUIRE(ptr)                                                                                    \
+#define MOLE_REQUIRE(ptr) \
     if (!(ptr)) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "%s: argument '%s' is NULL", __func__, #ptr)
 
 // Writes n bytes (+ NUL when it fits) into buf; BUFFER_TOO_SMALL with *n_out = n when n > capacity.
@@ -73,18 +73,18 @@ MOLE_API const char *mole_last_error(void) { return mole::last_error(); }
 
 MOLE_API const char *mole_status_string(enum mole_status status) {
     switch (status) {
-        case MOLE_STATUS_OK: return "ok";
-        case MOLE_STATUS_INVALID_ARGUMENT: return "invalid argument";
-        case MOLE_STATUS_FILE_NOT_FOUND: return "file not found";
-        case MOLE_STATUS_IO_ERROR: return "I/O error";
-        case MOLE_STATUS_FORMAT_ERROR: return "invalid model file";
-        case MOLE_STATUS_OUT_OF_MEMORY: return "out of memory";
-        case MOLE_STATUS_CONTEXT_FULL: return "context full";
-        case MOLE_STATUS_BUFFER_TOO_SMALL: return "buffer too small";
-        case MOLE_STATUS_UNSUPPORTED: return "unsupported";
-        case MOLE_STATUS_CANCELLED: return "cancelled";
-        case MOLE_STATUS_BACKEND_ERROR: return "backend error";
-        case MOLE_STATUS_INTERNAL_ERROR: return "internal error";
+    case MOLE_STATUS_OK: return "ok";
+    case MOLE_STATUS_INVALID_ARGUMENT: return "invalid argument";
+    case MOLE_STATUS_FILE_NOT_FOUND: return "file not found";
+    case MOLE_STATUS_IO_ERROR: return "I/O error";
+    case MOLE_STATUS_FORMAT_ERROR: return "invalid model file";
+    case MOLE_STATUS_OUT_OF_MEMORY: return "out of memory";
+    case MOLE_STATUS_CONTEXT_FULL: return "context full";
+    case MOLE_STATUS_BUFFER_TOO_SMALL: return "buffer too small";
+    case MOLE_STATUS_UNSUPPORTED: return "unsupported";
+    case MOLE_STATUS_CANCELLED: return "cancelled";
+    case MOLE_STATUS_BACKEND_ERROR: return "backend error";
+    case MOLE_STATUS_INTERNAL_ERROR: return "internal error";
     }
     return "unknown status";
 }
@@ -93,9 +93,9 @@ MOLE_API const char *mole_system_info(void) {
     static const std::string info = [] {
         const mole::cpu::Features &f = mole::cpu::cpu_features();
         std::string s = "avx512=" + std::to_string(f.avx512f ? 1 : 0) + " avx2=" + std::to_string(f.avx2 ? 1 : 0) +
-                        " fma=" + std::to_string(f.fma ? 1 : 0) + " f16c=" + std::to_string(f.f16c ? 1 : 0) +
-                        " vnni=" + std::to_string(f.avx512vnni ? 1 : 0) +
-                        " avx512bf16=" + std::to_string(f.avx512bf16 ? 1 : 0) + " cuda=0";
+            " fma=" + std::to_string(f.fma ? 1 : 0) + " f16c=" + std::to_string(f.f16c ? 1 : 0) +
+            " vnni=" + std::to_string(f.avx512vnni ? 1 : 0) + " avx512bf16=" + std::to_string(f.avx512bf16 ? 1 : 0) +
+            " cuda=0";
         return s;
     }();
     return info.c_str();
@@ -173,7 +173,8 @@ MOLE_API enum mole_status mole_model_metadata_json(const struct mole_model *mode
     MOLE_GUARD_BEGIN
     MOLE_REQUIRE(model);
     MOLE_REQUIRE(n_out);
-    if (!buf && capacity > 0) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "%s: buf is NULL with capacity %zu", __func__, capacity);
+    if (!buf && capacity > 0)
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "%s: buf is NULL with capacity %zu", __func__, capacity);
     return write_bytes(__func__, mole::metadata_json(model->impl->gguf), buf, capacity, n_out);
     MOLE_GUARD_END
 }
@@ -184,7 +185,8 @@ MOLE_API enum mole_status mole_model_metadata_string(const struct mole_model *mo
     MOLE_REQUIRE(model);
     MOLE_REQUIRE(key);
     MOLE_REQUIRE(n_out);
-    if (!buf && capacity > 0) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "%s: buf is NULL with capacity %zu", __func__, capacity);
+    if (!buf && capacity > 0)
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "%s: buf is NULL with capacity %zu", __func__, capacity);
     const mole::GgufValue *v = model->impl->gguf.find(key);
     if (!v) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "metadata key '%s' is not in the model", key);
     if (v->type != mole::GgufType::STRING)
@@ -202,25 +204,29 @@ MOLE_API enum mole_status mole_tokenize(const struct mole_model *model, const ch
     MOLE_GUARD_BEGIN
     MOLE_REQUIRE(model);
     MOLE_REQUIRE(n_out);
-    if (!text && text_len > 0) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "%s: text is NULL with length %zu", __func__, text_len);
-    if (!tokens && capacity > 0) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "%s: tokens is NULL with capacity %zu", __func__, capacity);
+    if (!text && text_len > 0)
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "%s: text is NULL with length %zu", __func__, text_len);
+    if (!tokens && capacity > 0)
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "%s: tokens is NULL with capacity %zu", __func__, capacity);
     if (Status s = need_tokenizer(__func__, model)) return s;
     std::vector<int32_t> ids;
     model->impl->tokenizer->encode(std::string_view(text ? text : "", text_len), add_bos != 0, parse_special != 0, ids);
     *n_out = ids.size();
     if (ids.size() > capacity)
-        return set_error(MOLE_STATUS_BUFFER_TOO_SMALL, "%s: room for %zu tokens; %zu needed", __func__, capacity, ids.size());
+        return set_error(MOLE_STATUS_BUFFER_TOO_SMALL, "%s: room for %zu tokens; %zu needed", __func__, capacity,
+                         ids.size());
     if (!ids.empty()) std::memcpy(tokens, ids.data(), ids.size() * sizeof(int32_t));
     return MOLE_STATUS_OK;
     MOLE_GUARD_END
 }
 
-MOLE_API enum mole_status mole_token_to_bytes(const struct mole_model *model, int32_t token, char *buf,
-                                              size_t capacity, size_t *n_out) {
+MOLE_API enum mole_status mole_token_to_bytes(const struct mole_model *model, int32_t token, char *buf, size_t capacity,
+                                              size_t *n_out) {
     MOLE_GUARD_BEGIN
     MOLE_REQUIRE(model);
     MOLE_REQUIRE(n_out);
-    if (!buf && capacity > 0) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "%s: buf is NULL with capacity %zu", __func__, capacity);
+    if (!buf && capacity > 0)
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "%s: buf is NULL with capacity %zu", __func__, capacity);
     if (Status s = need_tokenizer(__func__, model)) return s;
     const mole::Tokenizer &t = *model->impl->tokenizer;
     if (!t.valid(token))
@@ -234,8 +240,10 @@ MOLE_API enum mole_status mole_detokenize(const struct mole_model *model, const 
     MOLE_GUARD_BEGIN
     MOLE_REQUIRE(model);
     MOLE_REQUIRE(n_out);
-    if (!tokens && n_tokens > 0) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "%s: tokens is NULL with count %zu", __func__, n_tokens);
-    if (!buf && capacity > 0) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "%s: buf is NULL with capacity %zu", __func__, capacity);
+    if (!tokens && n_tokens > 0)
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "%s: tokens is NULL with count %zu", __func__, n_tokens);
+    if (!buf && capacity > 0)
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "%s: buf is NULL with capacity %zu", __func__, capacity);
     if (Status s = need_tokenizer(__func__, model)) return s;
     std::string text;
     if (Status s = model->impl->tokenizer->decode(tokens, n_tokens, skip_special != 0, text)) return s;
@@ -249,9 +257,7 @@ MOLE_API int32_t mole_token_is_eog(const struct mole_model *model, int32_t token
         const mole::Model &m = *model->impl;
         if (m.tokenizer) return m.tokenizer->is_eog(token) ? 1 : 0;
         return token >= 0 && token == m.hp.eos_id ? 1 : 0;
-    } catch (...) {
-        return 0;
-    }
+    } catch (...) { return 0; }
 }
 
 MOLE_API enum mole_status mole_decoder_new(const struct mole_model *model, struct mole_decoder **out) {
@@ -276,7 +282,8 @@ MOLE_API enum mole_status mole_decoder_push(struct mole_decoder *decoder, int32_
     MOLE_GUARD_BEGIN
     MOLE_REQUIRE(decoder);
     MOLE_REQUIRE(n_out);
-    if (!buf && capacity > 0) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "%s: buf is NULL with capacity %zu", __func__, capacity);
+    if (!buf && capacity > 0)
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "%s: buf is NULL with capacity %zu", __func__, capacity);
     auto trial = std::make_unique<mole::StreamDecoder>(*decoder->impl);
     std::string text;
     if (Status s = trial->push(token, text)) return s;
@@ -290,7 +297,8 @@ MOLE_API enum mole_status mole_decoder_flush(struct mole_decoder *decoder, char 
     MOLE_GUARD_BEGIN
     MOLE_REQUIRE(decoder);
     MOLE_REQUIRE(n_out);
-    if (!buf && capacity > 0) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "%s: buf is NULL with capacity %zu", __func__, capacity);
+    if (!buf && capacity > 0)
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "%s: buf is NULL with capacity %zu", __func__, capacity);
     auto trial = std::make_unique<mole::StreamDecoder>(*decoder->impl);
     std::string text;
     trial->flush(text);

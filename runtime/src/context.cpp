@@ -20,15 +20,21 @@ double now_ms() {
 Status Context::init(const Model &m, const ContextParams &p_in) {
     model = &m;
     ContextParams p = p_in;
-    if (p.n_ctx < 0) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "n_ctx must be >= 1 (0: the model's %d), got %d", m.hp.n_ctx_train, p.n_ctx);
+    if (p.n_ctx < 0)
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "n_ctx must be >= 1 (0: the model's %d), got %d",
+                         m.hp.n_ctx_train, p.n_ctx);
     if (p.n_ctx == 0) p.n_ctx = m.hp.n_ctx_train;
     if (p.n_seq_max < 1) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "n_seq_max must be >= 1, got %d", p.n_seq_max);
-    if (p.n_threads < 0) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "n_threads must be >= 0 (0: one per core), got %d", p.n_threads);
+    if (p.n_threads < 0)
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "n_threads must be >= 0 (0: one per core), got %d", p.n_threads);
     if (p.n_threads == 0) p.n_threads = physical_core_count();
     if (p.n_batch < 1) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "n_batch must be >= 1, got %d", p.n_batch);
-    if (p.lut_cache_mb < -1) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "lut_cache_mb must be >= 0 (-1: default), got %" PRId64, p.lut_cache_mb);
+    if (p.lut_cache_mb < -1)
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "lut_cache_mb must be >= 0 (-1: default), got %" PRId64,
+                         p.lut_cache_mb);
     if (p.lut_cache_mb == -1) p.lut_cache_mb = 64;
-    if (p.lut_cache_mb > (int64_t(1) << 30)) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "lut_cache_mb %" PRId64 " is too large", p.lut_cache_mb);
+    if (p.lut_cache_mb > (int64_t(1) << 30))
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "lut_cache_mb %" PRId64 " is too large", p.lut_cache_mb);
     params = p;
     BackendParams bp;
     bp.n_threads = p.n_threads;
@@ -53,10 +59,12 @@ Status Context::decode(int32_t n_tokens, const int32_t *tokens, const int32_t *s
     size_t n_want = 0;
     for (int32_t i = 0; i < n_tokens; ++i) {
         if (tokens[i] < 0 || tokens[i] >= hp.n_vocab)
-            return set_error(MOLE_STATUS_INVALID_ARGUMENT, "token id %d at entry %d is out of range [0, %d)", tokens[i], i, hp.n_vocab);
+            return set_error(MOLE_STATUS_INVALID_ARGUMENT, "token id %d at entry %d is out of range [0, %d)", tokens[i],
+                             i, hp.n_vocab);
         const int32_t sq = seq_ids ? seq_ids[i] : 0;
         if (sq < 0 || sq >= params.n_seq_max)
-            return set_error(MOLE_STATUS_INVALID_ARGUMENT, "seq id %d at entry %d is out of range [0, %d)", sq, i, params.n_seq_max);
+            return set_error(MOLE_STATUS_INVALID_ARGUMENT, "seq id %d at entry %d is out of range [0, %d)", sq, i,
+                             params.n_seq_max);
         chunk_count[sq]++;
         if (!want_logits || want_logits[i]) n_want++;
     }
@@ -64,10 +72,12 @@ Status Context::decode(int32_t n_tokens, const int32_t *tokens, const int32_t *s
         if (int64_t(seq_len[sq]) + chunk_count[sq] > params.n_ctx)
             return set_error(MOLE_STATUS_CONTEXT_FULL, "sequence %d holds %d tokens; %d more do not fit in n_ctx = %d",
                              sq, seq_len[sq], chunk_count[sq], params.n_ctx);
-    if (n_want > 0 && !logits) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "logits is NULL but %zu entries want logits", n_want);
+    if (n_want > 0 && !logits)
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "logits is NULL but %zu entries want logits", n_want);
     if (n_want > 0 && capacity / static_cast<size_t>(hp.n_vocab) < n_want)
-        return set_error(MOLE_STATUS_BUFFER_TOO_SMALL, "logits buffer holds %zu floats; %zu entries x %d vocab need %zu",
-                         capacity, n_want, hp.n_vocab, n_want * static_cast<size_t>(hp.n_vocab));
+        return set_error(MOLE_STATUS_BUFFER_TOO_SMALL,
+                         "logits buffer holds %zu floats; %zu entries x %d vocab need %zu", capacity, n_want,
+                         hp.n_vocab, n_want * static_cast<size_t>(hp.n_vocab));
 
     const double t0 = now_ms();
     StepTimes times;

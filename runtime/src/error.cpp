@@ -27,9 +27,14 @@ std::string human_bytes(uint64_t n) {
     const char *units[] = {"B", "KB", "MB", "GB", "TB", "PB", "EB"};
     double v = static_cast<double>(n);
     int u = 0;
-    while (v >= 1000.0 && u < 6) { v /= 1000.0; ++u; }
-    if (u == 0) std::snprintf(buf, sizeof buf, "%" PRIu64 " B", n);
-    else std::snprintf(buf, sizeof buf, "%.1f %s", v, units[u]);
+    while (v >= 1000.0 && u < 6) {
+        v /= 1000.0;
+        ++u;
+    }
+    if (u == 0)
+        std::snprintf(buf, sizeof buf, "%" PRIu64 " B", n);
+    else
+        std::snprintf(buf, sizeof buf, "%.1f %s", v, units[u]);
     return buf;
 }
 

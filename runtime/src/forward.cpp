@@ -26,9 +26,19 @@ struct Timed {
 Status Scratch::init(Backend &be, const Hparams &hp, int32_t n_batch) {
     const int64_t B = n_batch, d = hp.n_embd, qd = int64_t(hp.n_head) * hp.head_dim;
     const int64_t kvd = int64_t(hp.n_head_kv) * hp.head_dim;
-    struct Part { float **p; int64_t n; } parts[] = {
-        {&x, B * d}, {&xn, B * d}, {&q, B * qd}, {&k, B * kvd}, {&v, B * kvd}, {&att, B * qd},
-        {&tmp, B * d}, {&ff, B * int64_t(hp.n_ff)}, {&gate, B * int64_t(hp.n_expert)}, {&out_x, B * d}};
+    struct Part {
+        float **p;
+        int64_t n;
+    } parts[] = {{&x, B * d},
+                 {&xn, B * d},
+                 {&q, B * qd},
+                 {&k, B * kvd},
+                 {&v, B * kvd},
+                 {&att, B * qd},
+                 {&tmp, B * d},
+                 {&ff, B * int64_t(hp.n_ff)},
+                 {&gate, B * int64_t(hp.n_expert)},
+                 {&out_x, B * d}};
     auto padded = [](int64_t n) { return uint64_t(n + 15) / 16 * 16 * sizeof(float); };   // 64-byte aligned parts
     uint64_t total = 0;
     for (const Part &p : parts) total += padded(p.n);
@@ -47,7 +57,8 @@ Status alloc_kv_cache(Backend &be, const Hparams &hp, int32_t n_ctx, int32_t n_s
     kv->n_seq = n_seq;
     kv->n_layer = hp.n_layer;
     kv->kv_dim = int64_t(hp.n_head_kv) * hp.head_dim;
-    const uint64_t bytes = uint64_t(n_seq) * uint64_t(hp.n_layer) * uint64_t(n_ctx) * uint64_t(kv->kv_dim) * sizeof(float);
+    const uint64_t bytes =
+        uint64_t(n_seq) * uint64_t(hp.n_layer) * uint64_t(n_ctx) * uint64_t(kv->kv_dim) * sizeof(float);
     void *k = nullptr, *v = nullptr;
     if (Status st = be.alloc(bytes, "the KV cache (K)", &k)) return st;
     if (Status st = be.alloc(bytes, "the KV cache (V)", &v)) return st;

@@ -32,7 +32,9 @@ struct Scratch {
 // K and V of n_seq sequences of n_ctx positions, in be's memory.
 Status alloc_kv_cache(Backend &be, const Hparams &hp, int32_t n_ctx, int32_t n_seq, KvCache *kv);
 
-struct StepTimes { double lut_ms = 0; };
+struct StepTimes {
+    double lut_ms = 0;
+};
 
 // Runs the model on `plan` (handed to be.begin_step first): writes K/V at the planned positions
 // and logits [plan.n_out, V] to host `logits`. MOLE_STATUS_CANCELLED (between layers) when

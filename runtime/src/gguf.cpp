@@ -20,11 +20,18 @@ constexpr uint64_t kMaxNameLen = 65535;   // tensor names and keys
 // Size of a fixed-width scalar type; 0 for STRING/ARRAY/unknown.
 uint64_t scalar_size(GgufType t) {
     switch (t) {
-        case GgufType::UINT8: case GgufType::INT8: case GgufType::BOOL: return 1;
-        case GgufType::UINT16: case GgufType::INT16: return 2;
-        case GgufType::UINT32: case GgufType::INT32: case GgufType::FLOAT32: return 4;
-        case GgufType::UINT64: case GgufType::INT64: case GgufType::FLOAT64: return 8;
-        default: return 0;
+    case GgufType::UINT8:
+    case GgufType::INT8:
+    case GgufType::BOOL: return 1;
+    case GgufType::UINT16:
+    case GgufType::INT16: return 2;
+    case GgufType::UINT32:
+    case GgufType::INT32:
+    case GgufType::FLOAT32: return 4;
+    case GgufType::UINT64:
+    case GgufType::INT64:
+    case GgufType::FLOAT64: return 8;
+    default: return 0;
     }
 }
 
@@ -39,18 +46,33 @@ template <typename T> T load(const uint8_t *p) {
 // Reads a scalar of type t at p into the integer and float fields of v.
 void decode_scalar(GgufType t, const uint8_t *p, GgufValue *v) {
     switch (t) {
-        case GgufType::UINT8: v->u64 = load<uint8_t>(p); v->i64 = static_cast<int64_t>(v->u64); break;
-        case GgufType::INT8: v->i64 = load<int8_t>(p); break;
-        case GgufType::BOOL: v->u64 = load<uint8_t>(p) != 0; v->i64 = static_cast<int64_t>(v->u64); break;
-        case GgufType::UINT16: v->u64 = load<uint16_t>(p); v->i64 = static_cast<int64_t>(v->u64); break;
-        case GgufType::INT16: v->i64 = load<int16_t>(p); break;
-        case GgufType::UINT32: v->u64 = load<uint32_t>(p); v->i64 = static_cast<int64_t>(v->u64); break;
-        case GgufType::INT32: v->i64 = load<int32_t>(p); break;
-        case GgufType::UINT64: v->u64 = load<uint64_t>(p); v->i64 = static_cast<int64_t>(v->u64); break;
-        case GgufType::INT64: v->i64 = load<int64_t>(p); break;
-        case GgufType::FLOAT32: v->f64 = load<float>(p); break;
-        case GgufType::FLOAT64: v->f64 = load<double>(p); break;
-        default: break;
+    case GgufType::UINT8:
+        v->u64 = load<uint8_t>(p);
+        v->i64 = static_cast<int64_t>(v->u64);
+        break;
+    case GgufType::INT8: v->i64 = load<int8_t>(p); break;
+    case GgufType::BOOL:
+        v->u64 = load<uint8_t>(p) != 0;
+        v->i64 = static_cast<int64_t>(v->u64);
+        break;
+    case GgufType::UINT16:
+        v->u64 = load<uint16_t>(p);
+        v->i64 = static_cast<int64_t>(v->u64);
+        break;
+    case GgufType::INT16: v->i64 = load<int16_t>(p); break;
+    case GgufType::UINT32:
+        v->u64 = load<uint32_t>(p);
+        v->i64 = static_cast<int64_t>(v->u64);
+        break;
+    case GgufType::INT32: v->i64 = load<int32_t>(p); break;
+    case GgufType::UINT64:
+        v->u64 = load<uint64_t>(p);
+        v->i64 = static_cast<int64_t>(v->u64);
+        break;
+    case GgufType::INT64: v->i64 = load<int64_t>(p); break;
+    case GgufType::FLOAT32: v->f64 = load<float>(p); break;
+    case GgufType::FLOAT64: v->f64 = load<double>(p); break;
+    default: break;
     }
     if (t == GgufType::INT8 || t == GgufType::INT16 || t == GgufType::INT32 || t == GgufType::INT64)
         v->u64 = static_cast<uint64_t>(v->i64);
@@ -121,18 +143,20 @@ Status read_value(Reader &r, GgufType t, const std::string &key, int depth, Gguf
         return MOLE_STATUS_OK;
     }
     if (depth >= kMaxArrayDepth)
-        return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: key '%s': arrays nested deeper than %d levels",
-                         r.what.c_str(), key.c_str(), kMaxArrayDepth);
+        return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: key '%s': arrays nested deeper than %d levels", r.what.c_str(),
+                         key.c_str(), kMaxArrayDepth);
     uint32_t et;
     std::string item = "array header of key '" + key + "'";
     if (Status s = r.u32(&et, item.c_str())) return s;
     if (!known_value_type(et))
-        return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: key '%s': unknown array element type %u",
-                         r.what.c_str(), key.c_str(), et);
+        return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: key '%s': unknown array element type %u", r.what.c_str(),
+                         key.c_str(), et);
     if (Status s = r.u64(&v->count, item.c_str())) return s;
     v->elem_type = static_cast<GgufType>(et);
     // Smallest possible encoding of one element: strings and arrays carry an 8/12-byte header.
-    uint64_t min_elem = v->elem_type == GgufType::STRING ? 8 : v->elem_type == GgufType::ARRAY ? 12 : scalar_size(v->elem_type);
+    uint64_t min_elem = v->elem_type == GgufType::STRING ? 8
+        : v->elem_type == GgufType::ARRAY                ? 12
+                                                         : scalar_size(v->elem_type);
     if (v->count > r.left() / min_elem)
         return set_error(MOLE_STATUS_FORMAT_ERROR,
                          "%s: key '%s': array of %" PRIu64 " %s elements does not fit in the %" PRIu64
@@ -164,28 +188,34 @@ bool mul_overflows(uint64_t a, uint64_t b, uint64_t *out) {
 
 const char *gguf_type_name(GgufType t) {
     switch (t) {
-        case GgufType::UINT8: return "uint8";
-        case GgufType::INT8: return "int8";
-        case GgufType::UINT16: return "uint16";
-        case GgufType::INT16: return "int16";
-        case GgufType::UINT32: return "uint32";
-        case GgufType::INT32: return "int32";
-        case GgufType::FLOAT32: return "float32";
-        case GgufType::BOOL: return "bool";
-        case GgufType::STRING: return "string";
-        case GgufType::ARRAY: return "array";
-        case GgufType::UINT64: return "uint64";
-        case GgufType::INT64: return "int64";
-        case GgufType::FLOAT64: return "float64";
+    case GgufType::UINT8: return "uint8";
+    case GgufType::INT8: return "int8";
+    case GgufType::UINT16: return "uint16";
+    case GgufType::INT16: return "int16";
+    case GgufType::UINT32: return "uint32";
+    case GgufType::INT32: return "int32";
+    case GgufType::FLOAT32: return "float32";
+    case GgufType::BOOL: return "bool";
+    case GgufType::STRING: return "string";
+    case GgufType::ARRAY: return "array";
+    case GgufType::UINT64: return "uint64";
+    case GgufType::INT64: return "int64";
+    case GgufType::FLOAT64: return "float64";
     }
     return "unknown";
 }
 
 bool GgufValue::is_integer() const {
     switch (type) {
-        case GgufType::UINT8: case GgufType::INT8: case GgufType::UINT16: case GgufType::INT16:
-        case GgufType::UINT32: case GgufType::INT32: case GgufType::UINT64: case GgufType::INT64: return true;
-        default: return false;
+    case GgufType::UINT8:
+    case GgufType::INT8:
+    case GgufType::UINT16:
+    case GgufType::INT16:
+    case GgufType::UINT32:
+    case GgufType::INT32:
+    case GgufType::UINT64:
+    case GgufType::INT64: return true;
+    default: return false;
     }
 }
 
@@ -216,14 +246,18 @@ Status Gguf::parse(const uint8_t *data, uint64_t size, const std::string &what) 
     what_copy_ = what;
     const std::string &w = what_copy_;
     Reader r{data, size, 0, w};
-    kv_.clear(); kv_index_.clear(); tensors_.clear(); tensor_index_.clear();
+    kv_.clear();
+    kv_index_.clear();
+    tensors_.clear();
+    tensor_index_.clear();
 
     if (size < 4 || std::memcmp(data, "GGUF", 4) != 0)
         return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: not a GGUF file (bad magic; expected \"GGUF\")", w.c_str());
     r.pos = 4;
     if (Status s = r.u32(&version_, "version")) return s;
     if (version_ != 2 && version_ != 3)
-        return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: unsupported GGUF version %u (supported: 2, 3)", w.c_str(), version_);
+        return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: unsupported GGUF version %u (supported: 2, 3)", w.c_str(),
+                         version_);
     uint64_t n_tensors, n_kv;
     if (Status s = r.u64(&n_tensors, "tensor count")) return s;
     if (Status s = r.u64(&n_kv, "metadata count")) return s;
@@ -250,7 +284,8 @@ Status Gguf::parse(const uint8_t *data, uint64_t size, const std::string &what) 
         std::string titem = "type of key '" + k + "'";
         if (Status s = r.u32(&t, titem.c_str())) return s;
         if (!known_value_type(t))
-            return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: key '%s' has unknown value type %u", w.c_str(), k.c_str(), t);
+            return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: key '%s' has unknown value type %u", w.c_str(), k.c_str(),
+                             t);
         GgufValue v;
         if (Status s = read_value(r, static_cast<GgufType>(t), k, 0, &v)) return s;
         if (kv_index_.count(k))
@@ -277,15 +312,15 @@ Status Gguf::parse(const uint8_t *data, uint64_t size, const std::string &what) 
         std::string item = "name of tensor " + std::to_string(i);
         if (Status s = r.str(&name, item.c_str())) return s;
         if (name.empty() || name.size() > kMaxNameLen || !valid_utf8_name(name))
-            return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: tensor %" PRIu64 " has an invalid name (%zu bytes)", w.c_str(),
-                             i, name.size());
+            return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: tensor %" PRIu64 " has an invalid name (%zu bytes)",
+                             w.c_str(), i, name.size());
         t.name = std::string(name);
         const char *tn = t.name.c_str();
         std::string info = "info of tensor '" + t.name + "'";
         if (Status s = r.u32(&t.n_dims, info.c_str())) return s;
         if (t.n_dims < 1 || t.n_dims > kMaxDims)
-            return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: tensor '%s': %u dimensions (must be 1 to %u)", w.c_str(), tn,
-                             t.n_dims, kMaxDims);
+            return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: tensor '%s': %u dimensions (must be 1 to %u)", w.c_str(),
+                             tn, t.n_dims, kMaxDims);
         for (uint32_t d = 0; d < t.n_dims; ++d) {
             uint64_t ne;
             if (Status s = r.u64(&ne, info.c_str())) return s;
@@ -308,15 +343,16 @@ Status Gguf::parse(const uint8_t *data, uint64_t size, const std::string &what) 
                              w.c_str(), tn, t.ne[0], type_name(static_cast<Type>(t.type)), block_elems);
         uint64_t n_rows = 1, bytes;
         bool overflow = false;
-        for (uint32_t d = 1; d < t.n_dims; ++d) overflow |= mul_overflows(n_rows, static_cast<uint64_t>(t.ne[d]), &n_rows);
+        for (uint32_t d = 1; d < t.n_dims; ++d)
+            overflow |= mul_overflows(n_rows, static_cast<uint64_t>(t.ne[d]), &n_rows);
         uint64_t elems = 0;
         overflow |= mul_overflows(n_rows, static_cast<uint64_t>(t.ne[0]), &elems);
         overflow |= elems > static_cast<uint64_t>(INT64_MAX);
         uint64_t bytes_per_row = static_cast<uint64_t>(t.ne[0] / block_elems) * static_cast<uint64_t>(block_bytes);
         overflow |= mul_overflows(bytes_per_row, n_rows, &bytes);
         if (overflow)
-            return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: tensor '%s': shape %s overflows 64-bit sizes", w.c_str(), tn,
-                             t.shape_string().c_str());
+            return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: tensor '%s': shape %s overflows 64-bit sizes", w.c_str(),
+                             tn, t.shape_string().c_str());
         t.nbytes = bytes;
         if (t.offset % alignment_ != 0)
             return set_error(MOLE_STATUS_FORMAT_ERROR,
@@ -333,7 +369,8 @@ Status Gguf::parse(const uint8_t *data, uint64_t size, const std::string &what) 
     data_offset_ = r.pos + pad;
     if (!tensors_.empty() && data_offset_ > size)
         return set_error(MOLE_STATUS_FORMAT_ERROR,
-                         "%s: truncated file: the data section starts at offset %" PRIu64 " but the file ends at %" PRIu64,
+                         "%s: truncated file: the data section starts at offset %" PRIu64
+                         " but the file ends at %" PRIu64,
                          w.c_str(), data_offset_, size);
     uint64_t data_size = size - std::min(size, data_offset_);
     for (GgufTensor &t : tensors_) {
@@ -342,7 +379,8 @@ Status Gguf::parse(const uint8_t *data, uint64_t size, const std::string &what) 
             uint64_t end_rel = rel > UINT64_MAX - t.nbytes ? UINT64_MAX : rel + t.nbytes;
             uint64_t past = end_rel == UINT64_MAX ? UINT64_MAX : end_rel - data_size;
             return set_error(MOLE_STATUS_FORMAT_ERROR,
-                             "%s: tensor '%s': %s of data past end of file (%" PRIu64 " bytes for shape %s at data "
+                             "%s: tensor '%s': %s of data past end of file (%" PRIu64
+                             " bytes for shape %s at data "
                              "offset %" PRIu64 ", file offset %" PRIu64 "; file size %" PRIu64 ")",
                              w.c_str(), t.name.c_str(), human_bytes(past).c_str(), t.nbytes, t.shape_string().c_str(),
                              rel, data_offset_ + std::min(rel, UINT64_MAX - data_offset_), size);
@@ -353,7 +391,8 @@ Status Gguf::parse(const uint8_t *data, uint64_t size, const std::string &what) 
     std::vector<const GgufTensor *> order;
     order.reserve(tensors_.size());
     for (const GgufTensor &t : tensors_) order.push_back(&t);
-    std::sort(order.begin(), order.end(), [](const GgufTensor *a, const GgufTensor *b) { return a->offset < b->offset; });
+    std::sort(order.begin(), order.end(),
+              [](const GgufTensor *a, const GgufTensor *b) { return a->offset < b->offset; });
     for (size_t i = 1; i < order.size(); ++i) {
         const GgufTensor *a = order[i - 1], *b = order[i];
         if (a->offset + a->nbytes > b->offset)
@@ -380,7 +419,8 @@ Status Gguf::get_u32(const std::string &key, uint32_t *out, bool *found) const {
     if (found) *found = v != nullptr;
     if (!v) return MOLE_STATUS_OK;
     bool neg = (v->type == GgufType::INT8 || v->type == GgufType::INT16 || v->type == GgufType::INT32 ||
-                v->type == GgufType::INT64) && v->i64 < 0;
+                v->type == GgufType::INT64) &&
+        v->i64 < 0;
     if (!v->is_integer())
         return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: key '%s' must be an integer, got %s", what_copy_.c_str(),
                          key.c_str(), gguf_type_name(v->type));
@@ -396,8 +436,8 @@ Status Gguf::get_f32(const std::string &key, float *out, bool *found) const {
     if (found) *found = v != nullptr;
     if (!v) return MOLE_STATUS_OK;
     if (!v->is_float())
-        return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: key '%s' must be a float, got %s", what_copy_.c_str(), key.c_str(),
-                         gguf_type_name(v->type));
+        return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: key '%s' must be a float, got %s", what_copy_.c_str(),
+                         key.c_str(), gguf_type_name(v->type));
     *out = static_cast<float>(v->f64);
     return MOLE_STATUS_OK;
 }

@@ -32,8 +32,14 @@ Status LutIndex::init(int32_t n_vocab, int32_t capacity, int32_t max_uniq, uint6
 
 void LutIndex::unlink(int32_t s) {
     const int32_t p = prev_[s], n = next_[s];
-    if (p >= 0) next_[p] = n; else head_ = n;
-    if (n >= 0) prev_[n] = p; else tail_ = p;
+    if (p >= 0)
+        next_[p] = n;
+    else
+        head_ = n;
+    if (n >= 0)
+        prev_[n] = p;
+    else
+        tail_ = p;
 }
 
 void LutIndex::touch(int32_t s) {

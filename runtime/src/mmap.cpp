@@ -197,11 +197,12 @@ int physical_core_count() {
         if (colon == std::string::npos) continue;
         std::string key = line.substr(0, line.find_last_not_of(" \t", colon - 1) + 1);
         std::string value = colon + 2 <= line.size() ? line.substr(colon + 2) : "";
-        if (key == "physical id") phys = value;
-        else if (key == "core id") cores.insert({phys, value});
+        if (key == "physical id")
+            phys = value;
+        else if (key == "core id")
+            cores.insert({phys, value});
     }
-    if (!cores.empty() && logical > 0)
-        return std::min(static_cast<int>(cores.size()), logical);
+    if (!cores.empty() && logical > 0) return std::min(static_cast<int>(cores.size()), logical);
 #endif
     return logical > 0 ? logical : 1;
 }

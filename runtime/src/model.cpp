@@ -52,11 +52,11 @@ struct Binder {
         const GgufTensor *t = m.gguf.find_tensor(name);
         if (!t) return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: missing tensor '%s'", path.c_str(), name.c_str());
         bool one_d = ne1 == 0;
-        bool shape_ok = one_d ? (t->n_dims == 1 && t->ne[0] == ne0)
-                              : (t->n_dims == 2 && t->ne[0] == ne0 && t->ne[1] == ne1);
+        bool shape_ok =
+            one_d ? (t->n_dims == 1 && t->ne[0] == ne0) : (t->n_dims == 2 && t->ne[0] == ne0 && t->ne[1] == ne1);
         if (!shape_ok) {
-            std::string want = one_d ? "[" + std::to_string(ne0) + "]"
-                                     : "[" + std::to_string(ne0) + ", " + std::to_string(ne1) + "]";
+            std::string want =
+                one_d ? "[" + std::to_string(ne0) + "]" : "[" + std::to_string(ne0) + ", " + std::to_string(ne1) + "]";
             return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: tensor '%s': expected shape %s, got %s", path.c_str(),
                              name.c_str(), want.c_str(), t->shape_string().c_str());
         }
@@ -114,7 +114,9 @@ Status read_hparams(Model &m) {
     std::string_view arch;
     bool found = false;
     if (Status s = m.gguf.get_string(names::KEY_ARCHITECTURE, &arch, &found)) return s;
-    if (!found) return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: missing required key '%s'", path.c_str(), names::KEY_ARCHITECTURE);
+    if (!found)
+        return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: missing required key '%s'", path.c_str(),
+                         names::KEY_ARCHITECTURE);
     if (arch != names::ARCH)
         return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: general.architecture is '%.*s', expected '%s'", path.c_str(),
                          static_cast<int>(arch.size()), arch.data(), names::ARCH);
@@ -129,13 +131,17 @@ Status read_hparams(Model &m) {
     if (Status s = int_key(m, names::KEY_HEAD_COUNT_KV, false, hp.n_head, &hp.n_head_kv)) return s;
     if (Status s = int_key(m, names::KEY_EXPERT_FEED_FORWARD_LENGTH, false, hp.n_ff, &hp.n_ff_expert)) return s;
 
-    struct { const char *key; int32_t v; } positive[] = {
-        {names::KEY_VOCAB_SIZE, hp.n_vocab}, {names::KEY_CONTEXT_LENGTH, hp.n_ctx_train},
-        {names::KEY_EMBEDDING_LENGTH, hp.n_embd}, {names::KEY_BLOCK_COUNT, hp.n_layer},
-        {names::KEY_FEED_FORWARD_LENGTH, hp.n_ff}, {names::KEY_HEAD_COUNT, hp.n_head},
-        {names::KEY_HEAD_COUNT_KV, hp.n_head_kv}};
+    struct {
+        const char *key;
+        int32_t v;
+    } positive[] = {{names::KEY_VOCAB_SIZE, hp.n_vocab},       {names::KEY_CONTEXT_LENGTH, hp.n_ctx_train},
+                    {names::KEY_EMBEDDING_LENGTH, hp.n_embd},  {names::KEY_BLOCK_COUNT, hp.n_layer},
+                    {names::KEY_FEED_FORWARD_LENGTH, hp.n_ff}, {names::KEY_HEAD_COUNT, hp.n_head},
+                    {names::KEY_HEAD_COUNT_KV, hp.n_head_kv}};
     for (auto &p : positive)
-        if (p.v < 1) return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: key '%s' must be at least 1, got %d", path.c_str(), p.key, p.v);
+        if (p.v < 1)
+            return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: key '%s' must be at least 1, got %d", path.c_str(), p.key,
+                             p.v);
     if (hp.n_embd % hp.n_head != 0)
         return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: embedding_length %d is not a multiple of head_count %d",
                          path.c_str(), hp.n_embd, hp.n_head);
@@ -169,8 +175,9 @@ Status read_hparams(Model &m) {
                              names::KEY_ROPE_SCALING_FACTOR);
         hp.rope_freq_scale = 1.0f / factor;
     } else if (scaling != "none" && !scaling.empty()) {
-        return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: RoPE scaling type '%.*s' is not supported (supported: none, linear)",
-                         path.c_str(), static_cast<int>(scaling.size()), scaling.data());
+        return set_error(MOLE_STATUS_FORMAT_ERROR,
+                         "%s: RoPE scaling type '%.*s' is not supported (supported: none, linear)", path.c_str(),
+                         static_cast<int>(scaling.size()), scaling.data());
     }
     if (Status s = token_id_key(m, names::KEY_BOS_ID, &hp.bos_id)) return s;
     if (Status s = token_id_key(m, names::KEY_EOS_ID, &hp.eos_id)) return s;
@@ -205,13 +212,15 @@ Status bind_tensors(Model &m) {
         if (Status s = b.bind(names::TENSOR_LUT, L * N * d, V, kAllTypes, &m.lut)) return s;
         for (const GgufTensor &t : m.gguf.tensors())
             if (t.name != names::TENSOR_LUT && t.offset > m.lut.offset)
-                return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: tensor '%s' lies after 'lut.weight'; the LUT must be the last tensor in the file",
+                return set_error(MOLE_STATUS_FORMAT_ERROR,
+                                 "%s: tensor '%s' lies after 'lut.weight'; the LUT must be the last tensor in the file",
                                  m.file->path().c_str(), t.name.c_str());
     }
     for (const GgufTensor &t : m.gguf.tensors()) {
         if (!b.used.count(t.name)) {
             const char *why = t.name == names::TENSOR_LUT || t.name.find("ffn_gate_inp") != std::string::npos
-                                  ? " (mole.expert_count is 0: a dense model has no router or LUT)" : "";
+                ? " (mole.expert_count is 0: a dense model has no router or LUT)"
+                : "";
             return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: unexpected tensor '%s'%s", m.file->path().c_str(),
                              t.name.c_str(), why);
         }
@@ -233,24 +242,27 @@ Status load_tokenizer(Model &m) {
     bool found = false;
     if (Status s = m.gguf.get_string(names::KEY_TOKENIZER_MODEL, &model_name, &found)) return s;
     if (model_name != "gpt2")
-        return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: tokenizer model '%.*s' is not supported (only 'gpt2' byte-level BPE)",
-                         path.c_str(), static_cast<int>(model_name.size()), model_name.data());
+        return set_error(MOLE_STATUS_FORMAT_ERROR,
+                         "%s: tokenizer model '%.*s' is not supported (only 'gpt2' byte-level BPE)", path.c_str(),
+                         static_cast<int>(model_name.size()), model_name.data());
     if (Status s = m.gguf.get_string(names::KEY_TOKENIZER_PRE, &pre, &found)) return s;
     if (tokens->type != GgufType::ARRAY || tokens->elem_type != GgufType::STRING)
-        return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: key '%s' must be an array of strings", path.c_str(), names::KEY_TOKENS);
+        return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: key '%s' must be an array of strings", path.c_str(),
+                         names::KEY_TOKENS);
     if (tokens->count > static_cast<uint64_t>(m.hp.n_vocab))
-        return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: the tokenizer has %llu tokens, more than vocab_size %d", path.c_str(),
-                         static_cast<unsigned long long>(tokens->count), m.hp.n_vocab);
+        return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: the tokenizer has %llu tokens, more than vocab_size %d",
+                         path.c_str(), static_cast<unsigned long long>(tokens->count), m.hp.n_vocab);
     TokenizerData data;
     data.tokens.reserve(tokens->strings.size());
     for (std::string_view t : tokens->strings) data.tokens.emplace_back(t);
     if (const GgufValue *types = m.gguf.find(names::KEY_TOKEN_TYPE)) {
         bool int_elems = types->type == GgufType::ARRAY && types->elem_type != GgufType::STRING &&
-                         types->elem_type != GgufType::ARRAY && types->elem_type != GgufType::FLOAT32 &&
-                         types->elem_type != GgufType::FLOAT64;
+            types->elem_type != GgufType::ARRAY && types->elem_type != GgufType::FLOAT32 &&
+            types->elem_type != GgufType::FLOAT64;
         if (!int_elems || types->count != tokens->count)
-            return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: key '%s' must be an integer array with one entry per token (%llu)",
-                             path.c_str(), names::KEY_TOKEN_TYPE, static_cast<unsigned long long>(tokens->count));
+            return set_error(MOLE_STATUS_FORMAT_ERROR,
+                             "%s: key '%s' must be an integer array with one entry per token (%llu)", path.c_str(),
+                             names::KEY_TOKEN_TYPE, static_cast<unsigned long long>(tokens->count));
         data.token_types.resize(static_cast<size_t>(types->count));
         for (uint64_t i = 0; i < types->count; ++i) {
             int64_t t = types->elem_int(i);
@@ -259,7 +271,8 @@ Status load_tokenizer(Model &m) {
     }
     if (const GgufValue *merges = m.gguf.find(names::KEY_MERGES)) {
         if (merges->type != GgufType::ARRAY || merges->elem_type != GgufType::STRING)
-            return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: key '%s' must be an array of strings", path.c_str(), names::KEY_MERGES);
+            return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: key '%s' must be an array of strings", path.c_str(),
+                             names::KEY_MERGES);
         data.merges.reserve(merges->strings.size());
         for (std::string_view t : merges->strings) data.merges.emplace_back(t);
     }
@@ -285,8 +298,9 @@ Status scan_tensors(const Model &m) {
             dequantize_row_ref(static_cast<Type>(t.type), m.file->data() + t.offset + r * rb, row.data(), t.ne[0]);
             for (int64_t c = 0; c < t.ne[0]; ++c)
                 if (!std::isfinite(row[c]))
-                    return set_error(MOLE_STATUS_FORMAT_ERROR, "%s: tensor '%s': non-finite value %g at row %" PRId64
-                                     ", column %" PRId64, m.file->path().c_str(), t.name.c_str(), row[c], r, c);
+                    return set_error(MOLE_STATUS_FORMAT_ERROR,
+                                     "%s: tensor '%s': non-finite value %g at row %" PRId64 ", column %" PRId64,
+                                     m.file->path().c_str(), t.name.c_str(), row[c], r, c);
         }
     }
     return MOLE_STATUS_OK;
@@ -336,20 +350,32 @@ void json_string(std::string &o, std::string_view s) {
     size_t i = 0;
     while (i < s.size()) {
         unsigned char c = static_cast<unsigned char>(s[i]);
-        if (c == '"') { o += "\\\""; ++i; continue; }
-        if (c == '\\') { o += "\\\\"; ++i; continue; }
+        if (c == '"') {
+            o += "\\\"";
+            ++i;
+            continue;
+        }
+        if (c == '\\') {
+            o += "\\\\";
+            ++i;
+            continue;
+        }
         if (c < 0x20) {
             char buf[8];
             switch (c) {
-                case '\n': o += "\\n"; break;
-                case '\r': o += "\\r"; break;
-                case '\t': o += "\\t"; break;
-                default: std::snprintf(buf, sizeof buf, "\\u%04x", c); o += buf;
+            case '\n': o += "\\n"; break;
+            case '\r': o += "\\r"; break;
+            case '\t': o += "\\t"; break;
+            default: std::snprintf(buf, sizeof buf, "\\u%04x", c); o += buf;
             }
             ++i;
             continue;
         }
-        if (c < 0x80) { o += static_cast<char>(c); ++i; continue; }
+        if (c < 0x80) {
+            o += static_cast<char>(c);
+            ++i;
+            continue;
+        }
         // Copy a valid UTF-8 sequence; replace an invalid byte with U+FFFD.
         int len = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
         bool ok = len > 0 && i + len <= s.size();
@@ -363,14 +389,22 @@ void json_string(std::string &o, std::string_view s) {
             unsigned char c1 = static_cast<unsigned char>(s[i + 1]);
             ok = c <= 0xF4 && !(c == 0xF0 && c1 < 0x90) && !(c == 0xF4 && c1 >= 0x90);
         }
-        if (ok) { o.append(s.data() + i, static_cast<size_t>(len)); i += static_cast<size_t>(len); }
-        else { o += "\xEF\xBF\xBD"; ++i; }
+        if (ok) {
+            o.append(s.data() + i, static_cast<size_t>(len));
+            i += static_cast<size_t>(len);
+        } else {
+            o += "\xEF\xBF\xBD";
+            ++i;
+        }
     }
     o += '"';
 }
 
 void json_number(std::string &o, double v, bool is_f32) {
-    if (!std::isfinite(v)) { o += "null"; return; }
+    if (!std::isfinite(v)) {
+        o += "null";
+        return;
+    }
     char buf[40];
     std::snprintf(buf, sizeof buf, is_f32 ? "%.9g" : "%.17g", v);
     o += buf;
@@ -378,23 +412,29 @@ void json_number(std::string &o, double v, bool is_f32) {
 
 void json_value(std::string &o, const GgufValue &v) {
     switch (v.type) {
-        case GgufType::STRING: json_string(o, v.str); return;
-        case GgufType::BOOL: o += v.u64 ? "true" : "false"; return;
-        case GgufType::FLOAT32: case GgufType::FLOAT64: json_number(o, v.f64, v.type == GgufType::FLOAT32); return;
-        case GgufType::UINT64: o += std::to_string(v.u64); return;
-        case GgufType::ARRAY: break;
-        default: o += std::to_string(v.i64); return;
+    case GgufType::STRING: json_string(o, v.str); return;
+    case GgufType::BOOL: o += v.u64 ? "true" : "false"; return;
+    case GgufType::FLOAT32:
+    case GgufType::FLOAT64: json_number(o, v.f64, v.type == GgufType::FLOAT32); return;
+    case GgufType::UINT64: o += std::to_string(v.u64); return;
+    case GgufType::ARRAY: break;
+    default: o += std::to_string(v.i64); return;
     }
     o += '[';
     for (uint64_t i = 0; i < v.count; ++i) {
         if (i) o += ',';
-        if (v.elem_type == GgufType::STRING) json_string(o, v.strings[i]);
-        else if (v.elem_type == GgufType::ARRAY) json_value(o, v.arrays[i]);
-        else if (v.elem_type == GgufType::BOOL) o += v.elem_int(i) ? "true" : "false";
+        if (v.elem_type == GgufType::STRING)
+            json_string(o, v.strings[i]);
+        else if (v.elem_type == GgufType::ARRAY)
+            json_value(o, v.arrays[i]);
+        else if (v.elem_type == GgufType::BOOL)
+            o += v.elem_int(i) ? "true" : "false";
         else if (v.elem_type == GgufType::FLOAT32 || v.elem_type == GgufType::FLOAT64)
             json_number(o, v.elem_float(i), v.elem_type == GgufType::FLOAT32);
-        else if (v.elem_type == GgufType::UINT64) o += std::to_string(static_cast<uint64_t>(v.elem_int(i)));
-        else o += std::to_string(v.elem_int(i));
+        else if (v.elem_type == GgufType::UINT64)
+            o += std::to_string(static_cast<uint64_t>(v.elem_int(i)));
+        else
+            o += std::to_string(v.elem_int(i));
     }
     o += ']';
 }

@@ -34,13 +34,17 @@ uint64_t Rng::next() {
 
 Status Sampler::create(const mole_sampler_params &p, std::unique_ptr<Sampler> *out) {
     if (std::isnan(p.temperature)) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: temperature is NaN");
-    if (p.top_k < 0) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: top_k = %d is negative (0 turns it off)", p.top_k);
+    if (p.top_k < 0)
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: top_k = %d is negative (0 turns it off)", p.top_k);
     if (!(p.top_p >= 0.0f && p.top_p <= 1.0f))
-        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: top_p = %g is outside [0, 1] (1 turns it off)", (double)p.top_p);
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: top_p = %g is outside [0, 1] (1 turns it off)",
+                         (double)p.top_p);
     if (!(p.min_p >= 0.0f && p.min_p <= 1.0f))
-        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: min_p = %g is outside [0, 1] (0 turns it off)", (double)p.min_p);
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: min_p = %g is outside [0, 1] (0 turns it off)",
+                         (double)p.min_p);
     if (!(p.repeat_penalty > 0.0f) || std::isinf(p.repeat_penalty))
-        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: repeat_penalty = %g must be a positive number (1 turns it off)",
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT,
+                         "sampler: repeat_penalty = %g must be a positive number (1 turns it off)",
                          (double)p.repeat_penalty);
     if (p.repeat_last_n < 0)
         return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: repeat_last_n = %d is negative", p.repeat_last_n);
@@ -53,8 +57,10 @@ Status Sampler::create(const mole_sampler_params &p, std::unique_ptr<Sampler> *o
 void Sampler::accept(int32_t token) {
     const size_t n = (size_t)params_.repeat_last_n;
     if (n == 0) return;
-    if (history_.size() < n) history_.push_back(token);
-    else history_[history_pos_] = token;
+    if (history_.size() < n)
+        history_.push_back(token);
+    else
+        history_[history_pos_] = token;
     history_pos_ = (history_pos_ + 1) % n;
 }
 
@@ -72,7 +78,8 @@ Status Sampler::sample(const float *logits, int32_t n_vocab, int32_t *token_out)
     for (int32_t i = 0; i < n_vocab; i++) {
         const float l = logits[i];
         if (std::isnan(l) || l == INFINITY)
-            return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: logit %d is %s", i, std::isnan(l) ? "NaN" : "+inf");
+            return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: logit %d is %s", i,
+                             std::isnan(l) ? "NaN" : "+inf");
         cands_[(size_t)i] = {l, i};
     }
     // Repetition penalty, once per distinct recent token: divide positive logits, multiply negative.
@@ -94,7 +101,8 @@ Status Sampler::sample(const float *logits, int32_t n_vocab, int32_t *token_out)
         size_t best = 0;
         for (size_t i = 1; i < n; i++)
             if (cands_[i].logit > cands_[best].logit) best = i;
-        if (cands_[best].logit == -INFINITY) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: every logit is -inf");
+        if (cands_[best].logit == -INFINITY)
+            return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: every logit is -inf");
         *token_out = cands_[best].id;
         accept(*token_out);
         return MOLE_STATUS_OK;
@@ -133,7 +141,10 @@ Status Sampler::sample(const float *logits, int32_t n_vocab, int32_t *token_out)
         size_t keep = n;
         for (size_t i = 0; i < n; i++) {
             cum += std::exp((double)cands_[i].logit - max_logit) / z;
-            if (cum >= (double)params_.top_p) { keep = i + 1; break; }
+            if (cum >= (double)params_.top_p) {
+                keep = i + 1;
+                break;
+            }
         }
         n = keep;
     }

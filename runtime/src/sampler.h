@@ -42,7 +42,10 @@ public:
 
 private:
     explicit Sampler(const mole_sampler_params &p) : params_(p), rng_(p.seed) {}
-    struct Cand { float logit; int32_t id; };
+    struct Cand {
+        float logit;
+        int32_t id;
+    };
 
     mole_sampler_params params_;
     Rng rng_;

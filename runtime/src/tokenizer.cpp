@@ -29,8 +29,8 @@ struct ByteAlphabet {
 const ByteAlphabet g_alphabet;
 
 // Spellings of end-of-turn control tokens that also end generation (besides eos).
-const char *const kEogTexts[] = {"<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>",
-                                 "<end_of_turn>", "</s>"};
+const char *const kEogTexts[] = {"<|endoftext|>", "<|im_end|>",    "<|eot_id|>", "<|eom_id|>",
+                                 "<|end|>",       "<end_of_turn>", "</s>"};
 
 constexpr size_t kCacheMaxEntries = 1 << 17;
 constexpr size_t kCacheMaxWordBytes = 64;
@@ -40,7 +40,10 @@ constexpr size_t kCacheMaxWordBytes = 64;
 // Literal strings found leftmost-longest (HF's added-token matching, an Aho-Corasick
 // LeftmostLongest): candidates indexed by first byte, longest first.
 struct Tokenizer::AddedSet {
-    struct Entry { std::string_view text; int32_t id; };
+    struct Entry {
+        std::string_view text;
+        int32_t id;
+    };
     std::vector<Entry> by_first[256];
 
     bool empty() const {
@@ -67,21 +70,26 @@ struct Tokenizer::AddedSet {
 
 Status Tokenizer::create(TokenizerData data, std::unique_ptr<Tokenizer> *out) {
     const size_t V = data.tokens.size();
-    if (V == 0) return set_error(MOLE_STATUS_FORMAT_ERROR, "tokenizer: the vocabulary (tokenizer.ggml.tokens) is empty");
+    if (V == 0)
+        return set_error(MOLE_STATUS_FORMAT_ERROR, "tokenizer: the vocabulary (tokenizer.ggml.tokens) is empty");
     if (V > (size_t)INT32_MAX) return set_error(MOLE_STATUS_FORMAT_ERROR, "tokenizer: %zu tokens is too many", V);
     if (!data.token_types.empty() && data.token_types.size() != V)
         return set_error(MOLE_STATUS_FORMAT_ERROR,
                          "tokenizer: tokenizer.ggml.token_type has %zu entries but tokenizer.ggml.tokens has %zu",
                          data.token_types.size(), V);
-    const struct { const char *name; int32_t id; } specials[] = {
-        {"bos_token_id", data.bos}, {"eos_token_id", data.eos}, {"padding_token_id", data.pad}};
+    const struct {
+        const char *name;
+        int32_t id;
+    } specials[] = {{"bos_token_id", data.bos}, {"eos_token_id", data.eos}, {"padding_token_id", data.pad}};
     for (const auto &s : specials)
         if (s.id < -1 || s.id >= (int64_t)V)
-            return set_error(MOLE_STATUS_FORMAT_ERROR, "tokenizer: tokenizer.ggml.%s = %d is outside the vocabulary of %zu",
-                             s.name, s.id, V);
+            return set_error(MOLE_STATUS_FORMAT_ERROR,
+                             "tokenizer: tokenizer.ggml.%s = %d is outside the vocabulary of %zu", s.name, s.id, V);
     bool nfc;
-    if (data.pre == "gpt-neox") nfc = true;
-    else if (data.pre == "default" || data.pre == "gpt2" || data.pre.empty()) nfc = false;
+    if (data.pre == "gpt-neox")
+        nfc = true;
+    else if (data.pre == "default" || data.pre == "gpt2" || data.pre.empty())
+        nfc = false;
     else
         return set_error(MOLE_STATUS_FORMAT_ERROR,
                          "tokenizer: unsupported tokenizer.ggml.pre '%s' (supported: gpt-neox, default, gpt2)",
@@ -99,12 +107,13 @@ Status Tokenizer::create(TokenizerData data, std::unique_ptr<Tokenizer> *out) {
         const std::string &text = tokens[id];
         const int32_t type = t->types_[id];
         if (type < TOKEN_TYPE_NORMAL || type > TOKEN_TYPE_BYTE)
-            return set_error(MOLE_STATUS_FORMAT_ERROR, "tokenizer: token %zu has token_type %d (expected 1..6)", id, type);
+            return set_error(MOLE_STATUS_FORMAT_ERROR, "tokenizer: token %zu has token_type %d (expected 1..6)", id,
+                             type);
         if (text.empty()) return set_error(MOLE_STATUS_FORMAT_ERROR, "tokenizer: token %zu is an empty string", id);
         auto [it, fresh] = t->index_.emplace(std::string_view(text), (int32_t)id);
         if (!fresh)
-            return set_error(MOLE_STATUS_FORMAT_ERROR, "tokenizer: duplicate token '%.64s' (ids %d and %zu)", text.c_str(),
-                             it->second, id);
+            return set_error(MOLE_STATUS_FORMAT_ERROR, "tokenizer: duplicate token '%.64s' (ids %d and %zu)",
+                             text.c_str(), it->second, id);
         if (type == TOKEN_TYPE_CONTROL || type == TOKEN_TYPE_USER_DEFINED || type == TOKEN_TYPE_UNUSED) {
             t->bytes_[id] = text;  // added tokens and fillers are literal text
             if (type != TOKEN_TYPE_UNUSED) {
@@ -122,16 +131,17 @@ Status Tokenizer::create(TokenizerData data, std::unique_ptr<Tokenizer> *out) {
                 if (cp == unicode::kInvalid)
                     return set_error(MOLE_STATUS_FORMAT_ERROR, "tokenizer: token %zu is not valid UTF-8", id);
                 return set_error(MOLE_STATUS_FORMAT_ERROR,
-                                 "tokenizer: token %zu '%.64s' has U+%04X, which is not in the byte-level alphabet",
-                                 id, text.c_str(), cp);
+                                 "tokenizer: token %zu '%.64s' has U+%04X, which is not in the byte-level alphabet", id,
+                                 text.c_str(), cp);
             }
             raw += (char)b;
         }
     }
     for (AddedSet *set : {control.get(), user.get()})
         for (auto &v : set->by_first)
-            std::stable_sort(v.begin(), v.end(),
-                             [](const AddedSet::Entry &a, const AddedSet::Entry &b) { return a.text.size() > b.text.size(); });
+            std::stable_sort(v.begin(), v.end(), [](const AddedSet::Entry &a, const AddedSet::Entry &b) {
+                return a.text.size() > b.text.size();
+            });
     if (!control->empty()) t->control_ = control;
     if (!user->empty()) t->user_ = user;
 
@@ -149,17 +159,20 @@ Status Tokenizer::create(TokenizerData data, std::unique_ptr<Tokenizer> *out) {
         const std::string &m = merges[r];
         size_t sp = m.find(' ');
         if (sp == std::string::npos || sp == 0 || sp + 1 >= m.size() || m.find(' ', sp + 1) != std::string::npos)
-            return set_error(MOLE_STATUS_FORMAT_ERROR, "tokenizer: merge %zu '%.64s' is not 'left right'", r, m.c_str());
+            return set_error(MOLE_STATUS_FORMAT_ERROR, "tokenizer: merge %zu '%.64s' is not 'left right'", r,
+                             m.c_str());
         std::string_view left(m.data(), sp), right(m.data() + sp + 1, m.size() - sp - 1);
         int32_t l = t->find(left), rt = t->find(right);
         if (l < 0 || rt < 0)
-            return set_error(MOLE_STATUS_FORMAT_ERROR, "tokenizer: merge %zu '%.64s' names '%.*s', which is not in the vocabulary",
-                             r, m.c_str(), (int)(l < 0 ? left : right).size(), (l < 0 ? left : right).data());
+            return set_error(MOLE_STATUS_FORMAT_ERROR,
+                             "tokenizer: merge %zu '%.64s' names '%.*s', which is not in the vocabulary", r, m.c_str(),
+                             (int)(l < 0 ? left : right).size(), (l < 0 ? left : right).data());
         std::string joined = std::string(left) + std::string(right);
         int32_t j = t->find(joined);
         if (j < 0)
-            return set_error(MOLE_STATUS_FORMAT_ERROR, "tokenizer: merge %zu '%.64s' makes '%.64s', which is not in the vocabulary",
-                             r, m.c_str(), joined.c_str());
+            return set_error(MOLE_STATUS_FORMAT_ERROR,
+                             "tokenizer: merge %zu '%.64s' makes '%.64s', which is not in the vocabulary", r, m.c_str(),
+                             joined.c_str());
         // A repeated pair keeps its last rank, as HF's map does.
         t->merges_[((uint64_t)(uint32_t)l << 32) | (uint32_t)rt] = ((uint64_t)r << 32) | (uint32_t)j;
     }
@@ -178,9 +191,7 @@ int32_t Tokenizer::find(std::string_view token) const {
     return it == index_.end() ? -1 : it->second;
 }
 
-bool Tokenizer::is_eog(int32_t id) const {
-    return id >= 0 && std::find(eog_.begin(), eog_.end(), id) != eog_.end();
-}
+bool Tokenizer::is_eog(int32_t id) const { return id >= 0 && std::find(eog_.begin(), eog_.end(), id) != eog_.end(); }
 
 // Emits the added tokens of `set` found in text as their ids and hands the text between them to
 // encode_rest, in order (leftmost, then longest match, as HF).
@@ -219,8 +230,7 @@ void Tokenizer::encode_normalized(std::string_view text, std::vector<int32_t> &o
         return;
     }
     // User-defined added tokens are matched in the normalized text, before pre-tokenization.
-    split_added(*user_, text, out,
-                [this](std::string_view part, std::vector<int32_t> &o) { encode_plain(part, o); });
+    split_added(*user_, text, out, [this](std::string_view part, std::vector<int32_t> &o) { encode_plain(part, o); });
 }
 
 void Tokenizer::encode_plain(std::string_view text, std::vector<int32_t> &out) const {
@@ -252,7 +262,11 @@ void Tokenizer::bpe_word(std::string_view word, std::vector<int32_t> &out) const
     }
     // Symbols as a linked list; a min-heap of (rank, position) picks the lowest-rank pair, leftmost
     // first, exactly as HF's BPE::merge_word. A byte without a token is dropped (HF without unk).
-    struct Sym { int32_t id; int32_t prev, next; bool alive; };
+    struct Sym {
+        int32_t id;
+        int32_t prev, next;
+        bool alive;
+    };
     thread_local std::vector<Sym> syms;
     syms.clear();
     for (unsigned char b : word) {
@@ -317,18 +331,37 @@ size_t utf8_sanitize(std::string_view s, bool hold_incomplete, std::string &out)
     size_t i = 0;
     while (i < n) {
         unsigned char b0 = p[i];
-        if (b0 < 0x80) { out += (char)b0; i++; continue; }
+        if (b0 < 0x80) {
+            out += (char)b0;
+            i++;
+            continue;
+        }
         // Allowed range of the second byte and count of continuation bytes (Unicode table 3-7).
         int need;
         unsigned char lo = 0x80, hi = 0xBF;
-        if (b0 >= 0xC2 && b0 <= 0xDF) need = 1;
-        else if (b0 == 0xE0) { need = 2; lo = 0xA0; }
-        else if (b0 == 0xED) { need = 2; hi = 0x9F; }
-        else if (b0 >= 0xE1 && b0 <= 0xEF) need = 2;
-        else if (b0 == 0xF0) { need = 3; lo = 0x90; }
-        else if (b0 >= 0xF1 && b0 <= 0xF3) need = 3;
-        else if (b0 == 0xF4) { need = 3; hi = 0x8F; }
-        else { out += kReplacement; i++; continue; }
+        if (b0 >= 0xC2 && b0 <= 0xDF)
+            need = 1;
+        else if (b0 == 0xE0) {
+            need = 2;
+            lo = 0xA0;
+        } else if (b0 == 0xED) {
+            need = 2;
+            hi = 0x9F;
+        } else if (b0 >= 0xE1 && b0 <= 0xEF)
+            need = 2;
+        else if (b0 == 0xF0) {
+            need = 3;
+            lo = 0x90;
+        } else if (b0 >= 0xF1 && b0 <= 0xF3)
+            need = 3;
+        else if (b0 == 0xF4) {
+            need = 3;
+            hi = 0x8F;
+        } else {
+            out += kReplacement;
+            i++;
+            continue;
+        }
         int got = 0;
         while (got < need && i + 1 + (size_t)got < n) {
             unsigned char b = p[i + 1 + (size_t)got];
@@ -351,7 +384,8 @@ size_t utf8_sanitize(std::string_view s, bool hold_incomplete, std::string &out)
 
 Status StreamDecoder::push(int32_t token, std::string &out) {
     if (!tok_.valid(token))
-        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "token id %d is outside the vocabulary of %d", token, tok_.n_vocab());
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "token id %d is outside the vocabulary of %d", token,
+                         tok_.n_vocab());
     if (skip_special_ && tok_.is_control(token)) return MOLE_STATUS_OK;
     pending_ += tok_.token_bytes(token);
     size_t used = utf8_sanitize(pending_, true, out);

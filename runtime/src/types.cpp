@@ -8,11 +8,26 @@ namespace mole {
 bool type_traits(uint32_t type, int64_t *block_elems, int64_t *block_bytes) {
     int64_t e = 0, b = 0;
     switch (type) {
-    case uint32_t(Type::F32): e = 1; b = 4; break;
-    case uint32_t(Type::F16): e = 1; b = 2; break;
-    case uint32_t(Type::BF16): e = 1; b = 2; break;
-    case uint32_t(Type::Q8_0): e = QK; b = sizeof(BlockQ8_0); break;
-    case uint32_t(Type::Q4_0): e = QK; b = sizeof(BlockQ4_0); break;
+    case uint32_t(Type::F32):
+        e = 1;
+        b = 4;
+        break;
+    case uint32_t(Type::F16):
+        e = 1;
+        b = 2;
+        break;
+    case uint32_t(Type::BF16):
+        e = 1;
+        b = 2;
+        break;
+    case uint32_t(Type::Q8_0):
+        e = QK;
+        b = sizeof(BlockQ8_0);
+        break;
+    case uint32_t(Type::Q4_0):
+        e = QK;
+        b = sizeof(BlockQ4_0);
+        break;
     default: return false;
     }
     if (block_elems) *block_elems = e;
@@ -48,9 +63,7 @@ BlockRange block_range(Type type, int64_t e0, int64_t e1) {
 
 void dequantize_row_ref(Type type, const void *src, float *dst, int64_t n) {
     switch (type) {
-    case Type::F32:
-        std::copy_n(static_cast<const float *>(src), n, dst);
-        break;
+    case Type::F32: std::copy_n(static_cast<const float *>(src), n, dst); break;
     case Type::F16: {
         const uint16_t *h = static_cast<const uint16_t *>(src);
         for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(h[i]);

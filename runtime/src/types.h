@@ -14,8 +14,14 @@ enum class Type : uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8, BF16 = 30 };
 constexpr int QK = 32;  // elements per Q8_0 / Q4_0 block
 
 #pragma pack(push, 1)
-struct BlockQ8_0 { uint16_t d; int8_t qs[QK]; };        // 34 bytes: f16 scale, value = q * d
-struct BlockQ4_0 { uint16_t d; uint8_t qs[QK / 2]; };   // 18 bytes: value = (nibble - 8) * d;
+struct BlockQ8_0 {
+    uint16_t d;
+    int8_t qs[QK];
+};        // 34 bytes: f16 scale, value = q * d
+struct BlockQ4_0 {
+    uint16_t d;
+    uint8_t qs[QK / 2];
+};   // 18 bytes: value = (nibble - 8) * d;
 #pragma pack(pop)                                       // low nibbles = elements 0..15, high 16..31
 static_assert(sizeof(BlockQ8_0) == 34, "q8_0 block");
 static_assert(sizeof(BlockQ4_0) == 18, "q4_0 block");

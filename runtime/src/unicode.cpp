@@ -21,8 +21,7 @@ namespace {
 
 // Hangul syllables are composed and decomposed algorithmically (Unicode ch. 3.12).
 constexpr uint32_t kSBase = 0xAC00, kLBase = 0x1100, kVBase = 0x1161, kTBase = 0x11A7;
-constexpr uint32_t kLCount = 19, kVCount = 21, kTCount = 28, kNCount = kVCount * kTCount,
-                   kSCount = kLCount * kNCount;
+constexpr uint32_t kLCount = 19, kVCount = 21, kTCount = 28, kNCount = kVCount * kTCount, kSCount = kLCount * kNCount;
 // Invalid input bytes travel through NFC as this marker | byte: ccc 0, never composes.
 constexpr uint32_t kRawByte = 0x80000000u;
 
@@ -31,8 +30,10 @@ uint32_t range_lookup(const uint32_t (*table)[3], uint32_t count, uint32_t cp) {
     uint32_t lo = 0, hi = count;
     while (lo < hi) {
         uint32_t mid = (lo + hi) / 2;
-        if (table[mid][1] < cp) lo = mid + 1;
-        else hi = mid;
+        if (table[mid][1] < cp)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return (lo < count && table[lo][0] <= cp) ? table[lo][2] : 0;
 }
@@ -52,20 +53,44 @@ uint32_t decode_utf8(std::string_view s, size_t *i) {
     const auto *p = reinterpret_cast<const unsigned char *>(s.data());
     size_t n = s.size(), k = *i;
     unsigned char b0 = p[k];
-    if (b0 < 0x80) { *i = k + 1; return b0; }
+    if (b0 < 0x80) {
+        *i = k + 1;
+        return b0;
+    }
     int len;
     uint32_t cp, min;
-    if (b0 >= 0xC2 && b0 <= 0xDF) { len = 2; cp = b0 & 0x1F; min = 0x80; }
-    else if (b0 >= 0xE0 && b0 <= 0xEF) { len = 3; cp = b0 & 0x0F; min = 0x800; }
-    else if (b0 >= 0xF0 && b0 <= 0xF4) { len = 4; cp = b0 & 0x07; min = 0x10000; }
-    else { *i = k + 1; return kInvalid; }
-    if (k + (size_t)len > n) { *i = k + 1; return kInvalid; }
+    if (b0 >= 0xC2 && b0 <= 0xDF) {
+        len = 2;
+        cp = b0 & 0x1F;
+        min = 0x80;
+    } else if (b0 >= 0xE0 && b0 <= 0xEF) {
+        len = 3;
+        cp = b0 & 0x0F;
+        min = 0x800;
+    } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+        len = 4;
+        cp = b0 & 0x07;
+        min = 0x10000;
+    } else {
+        *i = k + 1;
+        return kInvalid;
+    }
+    if (k + (size_t)len > n) {
+        *i = k + 1;
+        return kInvalid;
+    }
     for (int j = 1; j < len; j++) {
         unsigned char b = p[k + (size_t)j];
-        if ((b & 0xC0) != 0x80) { *i = k + 1; return kInvalid; }
+        if ((b & 0xC0) != 0x80) {
+            *i = k + 1;
+            return kInvalid;
+        }
         cp = (cp << 6) | (b & 0x3F);
     }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) { *i = k + 1; return kInvalid; }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
+        *i = k + 1;
+        return kInvalid;
+    }
     *i = k + (size_t)len;
     return cp;
 }
@@ -96,7 +121,11 @@ CharClass char_class(uint32_t cp) {
 
 void gpt2_split(std::string_view text, std::vector<size_t> &ends) {
     // Code points of text: class, value and byte offset ([n + 1] offsets).
-    struct Cp { uint32_t cp; uint32_t off; CharClass cls; };
+    struct Cp {
+        uint32_t cp;
+        uint32_t off;
+        CharClass cls;
+    };
     thread_local std::vector<Cp> cps;
     cps.clear();
     for (size_t i = 0; i < text.size();) {
@@ -114,7 +143,11 @@ void gpt2_split(std::string_view text, std::vector<size_t> &ends) {
         // 's|'t|'re|'ve|'m|'ll|'d (case-sensitive, as GPT-2's regex)
         if (c == '\'' && k + 1 < n) {
             uint32_t c1 = cps[k + 1].cp, c2 = k + 2 < n ? cps[k + 2].cp : 0;
-            if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') { ends.push_back(off(k + 2)); k += 2; continue; }
+            if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') {
+                ends.push_back(off(k + 2));
+                k += 2;
+                continue;
+            }
             if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) {
                 ends.push_back(off(k + 3));
                 k += 3;
@@ -149,16 +182,24 @@ uint8_t combining_class(uint32_t cp) {
 int canonical_decomposition(uint32_t cp, uint32_t out[2]) {
     if (cp >= kSBase && cp < kSBase + kSCount) {
         uint32_t s = cp - kSBase, t = s % kTCount;
-        if (t != 0) { out[0] = cp - t; out[1] = kTBase + t; }  // LVT -> LV + T
-        else { out[0] = kLBase + s / kNCount; out[1] = kVBase + (s % kNCount) / kTCount; }
+        if (t != 0) {
+            out[0] = cp - t;
+            out[1] = kTBase + t;
+        }  // LVT -> LV + T
+        else {
+            out[0] = kLBase + s / kNCount;
+            out[1] = kVBase + (s % kNCount) / kTCount;
+        }
         return 2;
     }
     if (cp < 0xC0) return 0;
     uint32_t lo = 0, hi = tables::kDecompCount;
     while (lo < hi) {
         uint32_t mid = (lo + hi) / 2;
-        if (tables::kDecomp[mid][0] < cp) lo = mid + 1;
-        else hi = mid;
+        if (tables::kDecomp[mid][0] < cp)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     if (lo == tables::kDecompCount || tables::kDecomp[lo][0] != cp) return 0;
     out[0] = tables::kDecomp[lo][1];
@@ -176,8 +217,10 @@ uint32_t compose_pair(uint32_t a, uint32_t b) {
     uint32_t lo = 0, hi = tables::kCompCount;
     while (lo < hi) {
         uint32_t mid = (lo + hi) / 2;
-        if (tables::kComp[mid][0] < key) lo = mid + 1;
-        else hi = mid;
+        if (tables::kComp[mid][0] < key)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return (lo < tables::kCompCount && tables::kComp[lo][0] == key) ? (uint32_t)tables::kComp[lo][1] : 0;
 }
@@ -186,7 +229,10 @@ namespace {
 void decompose_into(uint32_t cp, std::vector<uint32_t> &out) {
     uint32_t d[2];
     int n = canonical_decomposition(cp, d);
-    if (n == 0) { out.push_back(cp); return; }
+    if (n == 0) {
+        out.push_back(cp);
+        return;
+    }
     decompose_into(d[0], out);
     if (n == 2) decompose_into(d[1], out);
 }
@@ -205,12 +251,17 @@ void nfc(std::string_view text, std::string &out) {
     for (size_t i = 0; i < text.size();) {
         size_t start = i;
         uint32_t cp = decode_utf8(text, &i);
-        if (cp == kInvalid) buf.push_back(kRawByte | (unsigned char)text[start]);
-        else decompose_into(cp, buf);
+        if (cp == kInvalid)
+            buf.push_back(kRawByte | (unsigned char)text[start]);
+        else
+            decompose_into(cp, buf);
     }
     // Canonical ordering: stable sort of each run of non-starters by combining class.
     for (size_t i = 0; i < buf.size();) {
-        if (combining_class(buf[i]) == 0) { i++; continue; }
+        if (combining_class(buf[i]) == 0) {
+            i++;
+            continue;
+        }
         size_t j = i;
         while (j < buf.size() && combining_class(buf[j]) != 0) j++;
         if (j - i > 1)
@@ -227,15 +278,23 @@ void nfc(std::string_view text, std::string &out) {
         int ccc = combining_class(c);
         if (starter >= 0 && (last_ccc == -1 || (last_ccc != 0 && last_ccc < ccc))) {
             uint32_t comp = compose_pair(buf[(size_t)starter], c);
-            if (comp) { buf[(size_t)starter] = comp; continue; }
+            if (comp) {
+                buf[(size_t)starter] = comp;
+                continue;
+            }
         }
-        if (ccc == 0) { starter = (long)w; last_ccc = -1; }
-        else last_ccc = ccc;
+        if (ccc == 0) {
+            starter = (long)w;
+            last_ccc = -1;
+        } else
+            last_ccc = ccc;
         buf[w++] = c;
     }
     for (size_t i = 0; i < w; i++) {
-        if (buf[i] >= kRawByte) out += (char)(buf[i] & 0xFF);
-        else append_utf8(buf[i], out);
+        if (buf[i] >= kRawByte)
+            out += (char)(buf[i] & 0xFF);
+        else
+            append_utf8(buf[i], out);
     }
 }
 

@@ -30,15 +30,17 @@ double cpu_now() {
     return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
 }
 
-double now() {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 std::vector<std::string> split(const char *s) {
     std::vector<std::string> out;
     std::string cur;
     for (; *s; ++s) {
-        if (*s == ',') { out.push_back(cur); cur.clear(); } else cur += *s;
+        if (*s == ',') {
+            out.push_back(cur);
+            cur.clear();
+        } else
+            cur += *s;
     }
     if (!cur.empty()) out.push_back(cur);
     return out;
@@ -46,7 +48,12 @@ std::vector<std::string> split(const char *s) {
 
 struct Rng {
     uint64_t s = 0x243F6A8885A308D3ull;
-    uint64_t next() { s ^= s << 13; s ^= s >> 7; s ^= s << 17; return s; }
+    uint64_t next() {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        return s;
+    }
     float uniform() { return float(int64_t(next() >> 40) - (1 << 23)) / float(1 << 23); }
 };
 
@@ -54,7 +61,10 @@ struct Rng {
 void fill(Type t, uint8_t *p, int64_t bytes, Rng &rng) {
     switch (t) {
     case Type::F32:
-        for (int64_t i = 0; i + 4 <= bytes; i += 4) { float f = rng.uniform(); std::memcpy(p + i, &f, 4); }
+        for (int64_t i = 0; i + 4 <= bytes; i += 4) {
+            float f = rng.uniform();
+            std::memcpy(p + i, &f, 4);
+        }
         break;
     case Type::F16:
     case Type::BF16:
@@ -115,27 +125,44 @@ double stream_read(const uint8_t *buf, int64_t bytes, ThreadPool &pool, int reps
 }  // namespace
 
 int main(int argc, char **argv) {
-    std::vector<std::string> types{"f32", "f16", "bf16", "q8_0", "q8x16", "q4_0"}, isa_list, thread_list{"1", "2"}, s_list{"1", "512"},
-        shape_list{"attn", "up", "down", "output"};
+    std::vector<std::string> types{"f32", "f16", "bf16", "q8_0", "q8x16", "q4_0"}, isa_list, thread_list{"1", "2"},
+        s_list{"1", "512"}, shape_list{"attn", "up", "down", "output"};
     int reps = 5;
     double cold_mb = 600.0, max_s = 3.0;
     for (Isa i = Isa::Portable; int(i) <= int(best_isa()); i = Isa(int(i) + 1)) isa_list.push_back(isa_name(i));
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : nullptr;
-        if (!v) { std::fprintf(stderr, "bench_ops: option %s needs a value\n", a.c_str()); return 2; }
-        if (a == "--types") types = split(v);
-        else if (a == "--isa") isa_list = split(v);
-        else if (a == "--threads") thread_list = split(v);
-        else if (a == "--S") s_list = split(v);
-        else if (a == "--reps") reps = std::max(1, std::atoi(v));
-        else if (a == "--cold-mb") cold_mb = std::atof(v);
-        else if (a == "--max-s") max_s = std::atof(v);
-        else if (a == "--shapes") shape_list = split(v);
-        else { std::fprintf(stderr, "bench_ops: unknown option %s\n", a.c_str()); return 2; }
+        if (!v) {
+            std::fprintf(stderr, "bench_ops: option %s needs a value\n", a.c_str());
+            return 2;
+        }
+        if (a == "--types")
+            types = split(v);
+        else if (a == "--isa")
+            isa_list = split(v);
+        else if (a == "--threads")
+            thread_list = split(v);
+        else if (a == "--S")
+            s_list = split(v);
+        else if (a == "--reps")
+            reps = std::max(1, std::atoi(v));
+        else if (a == "--cold-mb")
+            cold_mb = std::atof(v);
+        else if (a == "--max-s")
+            max_s = std::atof(v);
+        else if (a == "--shapes")
+            shape_list = split(v);
+        else {
+            std::fprintf(stderr, "bench_ops: unknown option %s\n", a.c_str());
+            return 2;
+        }
         ++i;
     }
-    struct Shape { int64_t k, n; const char *what; };   // W is [n rows, k]: k inputs -> n outputs
+    struct Shape {
+        int64_t k, n;
+        const char *what;
+    };   // W is [n rows, k]: k inputs -> n outputs
     const Shape shapes[] = {{768, 768, "attn"}, {768, 3072, "up"}, {3072, 768, "down"}, {768, 50304, "output"}};
     for (auto &name : shape_list)
         if (std::none_of(std::begin(shapes), std::end(shapes), [&](const Shape &sh) { return name == sh.what; })) {
@@ -148,7 +175,10 @@ int main(int argc, char **argv) {
     std::vector<ThreadPool *> pools(size_t(max_threads + 1), nullptr);
     for (auto &t : thread_list) {
         const int n = std::atoi(t.c_str());
-        if (n < 1) { std::fprintf(stderr, "bench_ops: bad thread count '%s'\n", t.c_str()); return 2; }
+        if (n < 1) {
+            std::fprintf(stderr, "bench_ops: bad thread count '%s'\n", t.c_str());
+            return 2;
+        }
         if (!pools[size_t(n)]) pools[size_t(n)] = new ThreadPool(n);
     }
 
@@ -160,8 +190,10 @@ int main(int argc, char **argv) {
     Rng rng;
     fill(Type::Q8_0, buf, pool_bytes, rng);
 
-    std::printf("# best ISA: %s; cold working set %.0f MB; median of %d; cpu%% = process CPU time / (wall x threads):\n"
-                "# well under 100 means other load shared the cores during that row\n", isa_name(best_isa()), cold_mb, reps);
+    std::printf(
+        "# best ISA: %s; cold working set %.0f MB; median of %d; cpu%% = process CPU time / (wall x threads):\n"
+        "# well under 100 means other load shared the cores during that row\n",
+        isa_name(best_isa()), cold_mb, reps);
     std::vector<double> bw(size_t(max_threads + 1), 0.0);
     for (auto &t : thread_list) {
         const int n = std::atoi(t.c_str());
@@ -175,15 +207,26 @@ int main(int argc, char **argv) {
         if (std::find(shape_list.begin(), shape_list.end(), std::string(sh.what)) == shape_list.end()) continue;
         for (const std::string &tn : types) {
             Type t;
-            if (tn == "f32") t = Type::F32;
-            else if (tn == "f16") t = Type::F16;
-            else if (tn == "bf16") t = Type::BF16;
-            else if (tn == "q8_0" || tn == "q8x16") t = Type::Q8_0;
-            else if (tn == "q4_0") t = Type::Q4_0;
-            else { std::fprintf(stderr, "bench_ops: unknown type '%s'\n", tn.c_str()); return 2; }
+            if (tn == "f32")
+                t = Type::F32;
+            else if (tn == "f16")
+                t = Type::F16;
+            else if (tn == "bf16")
+                t = Type::BF16;
+            else if (tn == "q8_0" || tn == "q8x16")
+                t = Type::Q8_0;
+            else if (tn == "q4_0")
+                t = Type::Q4_0;
+            else {
+                std::fprintf(stderr, "bench_ops: unknown type '%s'\n", tn.c_str());
+                return 2;
+            }
             const bool packed = tn == "q8x16";
             const int64_t wbytes = packed ? q8x16_bytes(sh.n, sh.k) : sh.n * row_bytes(t, sh.k);
-            if (wbytes > pool_bytes) { std::fprintf(stderr, "bench_ops: --cold-mb is below one weight\n"); return 2; }
+            if (wbytes > pool_bytes) {
+                std::fprintf(stderr, "bench_ops: --cold-mb is below one weight\n");
+                return 2;
+            }
             const int64_t copies = std::max<int64_t>(1, pool_bytes / wbytes);
             if (packed) {   // random q8_0 rows packed once, then copied
                 std::vector<uint8_t> rows(size_t(sh.n * row_bytes(t, sh.k)));
@@ -215,18 +258,18 @@ int main(int argc, char **argv) {
                         const double start = now(), cpu0 = cpu_now();
                         for (int r = 0; r < reps; ++r) {
                             const double t0 = now();
-                            for (int64_t c = 0; c < per_sample; ++c)
-                                mm(buf + c * wbytes, X.data(), S, Y.data(), pool);
+                            for (int64_t c = 0; c < per_sample; ++c) mm(buf + c * wbytes, X.data(), S, Y.data(), pool);
                             times.push_back((now() - t0) / double(per_sample));
                             if (now() - start > max_s) break;
                         }
                         const double cpu_frac = (cpu_now() - cpu0) / ((now() - start) * nt);
                         const double sec = median(times);
-                        const double gbs = double(wbytes) / sec / 1e9, gflops = 2.0 * double(S * sh.n * sh.k) / sec / 1e9;
+                        const double gbs = double(wbytes) / sec / 1e9,
+                                     gflops = 2.0 * double(S * sh.n * sh.k) / sec / 1e9;
                         char ks[32];
                         std::snprintf(ks, sizeof ks, "%lldx%lld", (long long)sh.k, (long long)sh.n);
-                        std::printf("%-8s %-5s %-11s %5lld %3d %10.3f %8.1f %9.1f %5.0f", isa_name(want), tn.c_str(), ks,
-                                    (long long)S, nt, sec * 1e3, gbs, gflops, 100.0 * cpu_frac);
+                        std::printf("%-8s %-5s %-11s %5lld %3d %10.3f %8.1f %9.1f %5.0f", isa_name(want), tn.c_str(),
+                                    ks, (long long)S, nt, sec * 1e3, gbs, gflops, 100.0 * cpu_frac);
                         if (S == 1 && bw[size_t(nt)] > 0) std::printf(" %6.0f%%", 100.0 * gbs / bw[size_t(nt)]);
                         std::printf("\n");
                         std::fflush(stdout);

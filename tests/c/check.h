@@ -6,10 +6,10 @@
 
 inline int g_failures = 0;
 
-#define CHECK(cond)                                                                        \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
+#define CHECK(cond)                                                                       \
+    do {                                                                                  \
+        if (!(cond)) {                                                                    \
             std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            ++g_failures;                                                                  \
-        }                                                                                  \
+            ++g_failures;                                                                 \
+        }                                                                                 \
     } while (0)

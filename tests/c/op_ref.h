@@ -51,7 +51,6 @@ struct Rng {
     }
 };
 
-
 // ---- reference quantizers and decoders (ggml rounding) --------------------------------------
 
 // Quantizes rows x[rows, k] to the file layout of `t`.
@@ -60,11 +59,27 @@ inline std::vector<uint8_t> ref_quantize(Type t, const float *x, int64_t rows, i
     uint8_t *p = out.data();
     for (int64_t r = 0; r < rows; ++r) {
         const float *xr = x + r * k;
-        for (int64_t i = 0; i < k; ) {
+        for (int64_t i = 0; i < k;) {
             switch (t) {
-            case Type::F32: std::memcpy(p, &xr[i], 4); p += 4; ++i; break;
-            case Type::F16: { uint16_t h = mole::f32_to_f16(xr[i]); std::memcpy(p, &h, 2); p += 2; ++i; break; }
-            case Type::BF16: { uint16_t h = mole::f32_to_bf16(xr[i]); std::memcpy(p, &h, 2); p += 2; ++i; break; }
+            case Type::F32:
+                std::memcpy(p, &xr[i], 4);
+                p += 4;
+                ++i;
+                break;
+            case Type::F16: {
+                uint16_t h = mole::f32_to_f16(xr[i]);
+                std::memcpy(p, &h, 2);
+                p += 2;
+                ++i;
+                break;
+            }
+            case Type::BF16: {
+                uint16_t h = mole::f32_to_bf16(xr[i]);
+                std::memcpy(p, &h, 2);
+                p += 2;
+                ++i;
+                break;
+            }
             case Type::Q8_0: {
                 float amax = 0;
                 for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xr[i + j]));
@@ -72,13 +87,17 @@ inline std::vector<uint8_t> ref_quantize(Type t, const float *x, int64_t rows, i
                 uint16_t dh = mole::f32_to_f16(d);
                 std::memcpy(p, &dh, 2);
                 for (int j = 0; j < 32; ++j) p[2 + j] = uint8_t(int8_t(std::roundf(xr[i + j] * id)));
-                p += 34; i += 32;
+                p += 34;
+                i += 32;
                 break;
             }
             case Type::Q4_0: {
                 float amax = 0, mx = 0;
                 for (int j = 0; j < 32; ++j)
-                    if (std::fabs(xr[i + j]) > amax) { amax = std::fabs(xr[i + j]); mx = xr[i + j]; }
+                    if (std::fabs(xr[i + j]) > amax) {
+                        amax = std::fabs(xr[i + j]);
+                        mx = xr[i + j];
+                    }
                 const float d = mx / -8.0f, id = d != 0 ? 1.0f / d : 0.0f;
                 uint16_t dh = mole::f32_to_f16(d);
                 std::memcpy(p, &dh, 2);
@@ -87,7 +106,8 @@ inline std::vector<uint8_t> ref_quantize(Type t, const float *x, int64_t rows, i
                     const uint8_t hi = uint8_t(std::min(15, int(int8_t(xr[i + 16 + j] * id + 8.5f))));
                     p[2 + j] = uint8_t(lo | (hi << 4));
                 }
-                p += 18; i += 32;
+                p += 18;
+                i += 32;
                 break;
             }
             }
@@ -109,15 +129,32 @@ inline double half_to_double(const uint8_t *p) {
 // Decodes one row of `t` (k elements) to double, independently of the library.
 inline std::vector<double> ref_dequantize(Type t, const uint8_t *p, int64_t k) {
     std::vector<double> v(static_cast<size_t>(k));
-    for (int64_t i = 0; i < k; ) {
+    for (int64_t i = 0; i < k;) {
         switch (t) {
-        case Type::F32: { float f; std::memcpy(&f, p, 4); v[size_t(i++)] = f; p += 4; break; }
-        case Type::F16: v[size_t(i++)] = half_to_double(p); p += 2; break;
-        case Type::BF16: { uint32_t b = uint32_t(p[0] | (p[1] << 8)) << 16; float f; std::memcpy(&f, &b, 4); v[size_t(i++)] = f; p += 2; break; }
+        case Type::F32: {
+            float f;
+            std::memcpy(&f, p, 4);
+            v[size_t(i++)] = f;
+            p += 4;
+            break;
+        }
+        case Type::F16:
+            v[size_t(i++)] = half_to_double(p);
+            p += 2;
+            break;
+        case Type::BF16: {
+            uint32_t b = uint32_t(p[0] | (p[1] << 8)) << 16;
+            float f;
+            std::memcpy(&f, &b, 4);
+            v[size_t(i++)] = f;
+            p += 2;
+            break;
+        }
         case Type::Q8_0: {
             const double d = half_to_double(p);
             for (int j = 0; j < 32; ++j) v[size_t(i + j)] = d * double(int8_t(p[2 + j]));
-            p += 34; i += 32;
+            p += 34;
+            i += 32;
             break;
         }
         case Type::Q4_0: {
@@ -126,7 +163,8 @@ inline std::vector<double> ref_dequantize(Type t, const uint8_t *p, int64_t k) {
                 v[size_t(i + j)] = d * double(int(p[2 + j] & 15) - 8);
                 v[size_t(i + 16 + j)] = d * double(int(p[2 + j] >> 4) - 8);
             }
-            p += 18; i += 32;
+            p += 18;
+            i += 32;
             break;
         }
         }

@@ -31,8 +31,10 @@ struct Variant {
 };
 
 bool cpu_at(cpu::Isa isa, bool repack) {
-    if (repack) unsetenv("MOLE_CPU_REPACK");
-    else setenv("MOLE_CPU_REPACK", "0", 1);
+    if (repack)
+        unsetenv("MOLE_CPU_REPACK");
+    else
+        setenv("MOLE_CPU_REPACK", "0", 1);
     return cpu::set_isa(isa) == isa;
 }
 
@@ -104,8 +106,8 @@ struct Dev {
     const StepPlan &plan(const Problem &p) {
         const int32_t n = int32_t(p.tokens.size()), n_seq = int32_t(p.seq_len.size());
         check(planner.init(n, n_seq, p.n_vocab, true) == MOLE_STATUS_OK, "planner");
-        const StepPlan &s =
-            planner.plan(n, p.tokens.data(), p.seq_ids.data(), p.want.empty() ? nullptr : p.want.data(), p.seq_len.data());
+        const StepPlan &s = planner.plan(n, p.tokens.data(), p.seq_ids.data(), p.want.empty() ? nullptr : p.want.data(),
+                                         p.seq_len.data());
         be->begin_step(s);
         return s;
     }
@@ -189,7 +191,8 @@ std::vector<Ref> embed_ref(const Case &c, const Problem &p) {
     const Rows rows = plan_rows(p);
     const Weight &e = p.weight(0);
     for (int64_t s = 0; s < c.S; ++s) {
-        const auto v = ref_dequantize(c.type, e.data + uint64_t(p.tokens[size_t(rows.entry[size_t(s)])]) * e.row_bytes(), c.k);
+        const auto v =
+            ref_dequantize(c.type, e.data + uint64_t(p.tokens[size_t(rows.entry[size_t(s)])]) * e.row_bytes(), c.k);
         for (double x : v) {
             r.value.push_back(double(float(x)));   // exact: the f32 value of the decoded element
             r.bound.push_back(0.0);
@@ -313,7 +316,8 @@ const Type kGroupTypes[4] = {Type::Q8_0, Type::F32, Type::Q4_0, Type::F16};
 const int64_t kGroupN[4] = {37, 4, 130, 16};
 void group_make(const Case &c, Rng &rng, Problem &p) {
     for (int i = 0; i < 4; ++i)
-        p.add_weight(kGroupTypes[i], rng.vec(size_t(kGroupN[i] * c.k), -1.0f, 1.0f), c.k, kGroupN[i], WeightUse::Matrix);
+        p.add_weight(kGroupTypes[i], rng.vec(size_t(kGroupN[i] * c.k), -1.0f, 1.0f), c.k, kGroupN[i],
+                     WeightUse::Matrix);
     p.f.push_back(rng.vec(size_t(c.S * c.k), -2.0f, 2.0f));
 }
 std::vector<float> group_run(Dev &dv, const Case &c, const Problem &p) {
@@ -417,8 +421,8 @@ std::vector<float> attn_run(Dev &dv, const Case &c, const Problem &p) {
         std::memcpy(&kc[size_t(at * kvd)], &p.f[1][size_t(s * kvd)], size_t(kvd) * 4);
         std::memcpy(&vc[size_t(at * kvd)], &p.f[2][size_t(s * kvd)], size_t(kvd) * 4);
     }
-    check(kg == kc && vg == vc, fmt("%s [%s]: K/V appended at the planned positions, the rest unchanged",
-                                    c.label().c_str(), dv.be->name()));
+    check(kg == kc && vg == vc,
+          fmt("%s [%s]: K/V appended at the planned positions, the rest unchanged", c.label().c_str(), dv.be->name()));
     return dv.get(out, size_t(c.S * c.H * c.hd));
 }
 std::vector<Ref> attn_ref(const Case &c, const Problem &p) {
@@ -593,8 +597,10 @@ std::vector<float> lut_run(Dev &dv, const Case &c, const Problem &p) {
     for (int32_t u = 0; u < plan.n_uniq; ++u) {
         const uint64_t src = reader.row_offset(plan.uniq[u]);
         const int32_t slot = plan.n_uniq - 1 - u;   // slots in another order than the ids
-        if (u % 2) rows[size_t(u)] = LutRow{-1, reader.mapped(src)};
-        else rows[size_t(u)] = LutRow{slot, nullptr};
+        if (u % 2)
+            rows[size_t(u)] = LutRow{-1, reader.mapped(src)};
+        else
+            rows[size_t(u)] = LutRow{slot, nullptr};
         if (u % 2 == 0) (u % 4 ? sliced : whole).push_back(LutFill{slot, src});
     }
     dv.be->lut_fill(reader, whole.data(), int32_t(whole.size()), 0, rb);
@@ -646,7 +652,9 @@ std::vector<Case> table() {
         c.n = d, c.S = 3;
         t.push_back(c);
     }
-    struct Shape { int64_t n, k; };
+    struct Shape {
+        int64_t n, k;
+    };
     const std::vector<Shape> quant_shapes = {{1, 32}, {7, 64}, {37, 96}, {130, 256}, {48, 768}};
     const std::vector<Shape> float_shapes = {{1, 1}, {5, 13}, {37, 37}, {19, 100}, {130, 256}};
     for (Type ty : all)

@@ -52,7 +52,8 @@ void test_dequantize() {
     for (Type t : {Type::Q8_0, Type::Q4_0}) {
         auto w = ref_quantize(t, z.data(), 1, 32);
         dequantize_row(t, w.data(), out.data(), 32);
-        check(std::all_of(out.begin(), out.end(), [](float v) { return v == 0.0f; }), fmt("%s zero block", type_name(t)));
+        check(std::all_of(out.begin(), out.end(), [](float v) { return v == 0.0f; }),
+              fmt("%s zero block", type_name(t)));
     }
 }
 
@@ -93,7 +94,9 @@ void test_quantize_act() {
 void test_matmul_q8x16() {
     Rng rng(44);
     ThreadPool pool(2);
-    struct Shape { int64_t n, k; };
+    struct Shape {
+        int64_t n, k;
+    };
     const Shape shapes[] = {{1, 32}, {7, 64}, {37, 96}, {130, 256}, {48, 768}};
     const int64_t Ss[] = {1, 3, 7, 17, 64, 70};
     for (const Shape &sh : shapes) {
@@ -117,7 +120,9 @@ void test_matmul_q8x16() {
                     matmul_multi(&out, 1, k, X.data(), s_count, pl);
                     bool guard = true;
                     for (size_t i = Y.size() - 16; i < Y.size(); ++i) guard &= Y[i] == sentinel;
-                    check(guard, fmt("q8x16 n=%lld S=%lld [%s]: nothing written past Y", (long long)n, (long long)s_count, isa_name(isa)));
+                    check(guard,
+                          fmt("q8x16 n=%lld S=%lld [%s]: nothing written past Y", (long long)n, (long long)s_count,
+                              isa_name(isa)));
                     if (first.empty() && s_count == S) {
                         first.assign(Y.begin(), Y.begin() + S * n);
                         double worst = 0;   // tight reference: dequantized weights x q8 activations
@@ -133,16 +138,19 @@ void test_matmul_q8x16() {
                                     ref += t;
                                     mag += std::fabs(t);
                                 }
-                                worst = std::max(worst, std::fabs(first[size_t(s * n + r)] - ref) / (1e-5 * mag + 1e-30));
+                                worst =
+                                    std::max(worst, std::fabs(first[size_t(s * n + r)] - ref) / (1e-5 * mag + 1e-30));
                             }
                         }
-                        check(worst <= 1.0, fmt("q8x16 matmul n=%lld k=%lld [%s]: err/tol = %.3g", (long long)n, (long long)k,
-                                                isa_name(isa), worst));
+                        check(worst <= 1.0,
+                              fmt("q8x16 matmul n=%lld k=%lld [%s]: err/tol = %.3g", (long long)n, (long long)k,
+                                  isa_name(isa), worst));
                     }
                     if (!first.empty())
-                        check(std::memcmp(Y.data(), first.data(), size_t(s_count * n) * 4) == 0,
-                              fmt("q8x16 n=%lld k=%lld S=%lld [%s, %s]: bit-identical to the S=%lld result", (long long)n,
-                                  (long long)k, (long long)s_count, isa_name(isa), pl ? "pool" : "caller", (long long)S));
+                        check(
+                            std::memcmp(Y.data(), first.data(), size_t(s_count * n) * 4) == 0,
+                            fmt("q8x16 n=%lld k=%lld S=%lld [%s, %s]: bit-identical to the S=%lld result", (long long)n,
+                                (long long)k, (long long)s_count, isa_name(isa), pl ? "pool" : "caller", (long long)S));
                 }
             }
         }
@@ -188,8 +196,9 @@ void test_threadpool_contended() {
             }
         });
     for (auto &t : callers) t.join();
-    check(bad.load() == 0, fmt("contended pools: every task of every job ran exactly once before parallel_for returned (%d wrong)",
-                               bad.load()));
+    check(bad.load() == 0,
+          fmt("contended pools: every task of every job ran exactly once before parallel_for returned (%d wrong)",
+              bad.load()));
 }
 
 void test_threadpool() {
@@ -232,7 +241,8 @@ int main() {
     std::printf("ISA paths tested:%s (best on this machine: %s; default now: %s, MOLE_CPU_ISA=%s)\n", paths.c_str(),
                 isa_name(best_isa()), isa_name(active_isa()), env ? env : "unset");
     if (env && (!std::strcmp(env, "portable") || !std::strcmp(env, "avx2")))
-        check(int(active_isa()) <= int(env[0] == 'p' ? Isa::Portable : Isa::Avx2), "MOLE_CPU_ISA lowers the default level");
+        check(int(active_isa()) <= int(env[0] == 'p' ? Isa::Portable : Isa::Avx2),
+              "MOLE_CPU_ISA lowers the default level");
     test_dequantize();
     test_quantize_act();
     test_matmul_q8x16();

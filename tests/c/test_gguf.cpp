@@ -1,13 +1,13 @@
 // GGUF reader tests: builds valid and corrupted GGUF bytes in memory (truncations at every offset,
 // bad magic/version, huge counts, bad types/shapes/alignment, overlaps, random byte flips) and
 // checks the status and that the message names the problem. Must never crash.
+#include <unistd.h>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
 #include <string>
-#include <unistd.h>
 #include <vector>
 
 #include "gguf.h"
@@ -16,17 +16,23 @@
 #include "check.h"
 using namespace mole;
 
-
 // ---- a tiny GGUF writer ---------------------------------------------------------------------
 
 struct Bytes {
     std::vector<uint8_t> b;
-    void raw(const void *p, size_t n) { b.insert(b.end(), (const uint8_t *)p, (const uint8_t *)p + n); }
+    void raw(const void *p, size_t n) {   // resize + memcpy: GCC 12 misreads insert's bounds here
+        const size_t at = b.size();
+        b.resize(at + n);
+        if (n) std::memcpy(b.data() + at, p, n);
+    }
     void u8(uint8_t v) { raw(&v, 1); }
     void u32(uint32_t v) { raw(&v, 4); }
     void u64(uint64_t v) { raw(&v, 8); }
     void f32(float v) { raw(&v, 4); }
-    void str(const std::string &s) { u64(s.size()); raw(s.data(), s.size()); }
+    void str(const std::string &s) {
+        u64(s.size());
+        raw(s.data(), s.size());
+    }
 };
 
 struct TensorSpec {
@@ -46,11 +52,29 @@ struct FileSpec {
     int64_t n_kv_override = -1, n_tensors_override = -1;
 };
 
-Bytes kv_u32(uint32_t v) { Bytes b; b.u32(4); b.u32(v); return b; }
-Bytes kv_f32(float v) { Bytes b; b.u32(6); b.f32(v); return b; }
-Bytes kv_str(const std::string &s) { Bytes b; b.u32(8); b.str(s); return b; }
+Bytes kv_u32(uint32_t v) {
+    Bytes b;
+    b.u32(4);
+    b.u32(v);
+    return b;
+}
+Bytes kv_f32(float v) {
+    Bytes b;
+    b.u32(6);
+    b.f32(v);
+    return b;
+}
+Bytes kv_str(const std::string &s) {
+    Bytes b;
+    b.u32(8);
+    b.str(s);
+    return b;
+}
 Bytes kv_str_array(const std::vector<std::string> &v) {
-    Bytes b; b.u32(9); b.u32(8); b.u64(v.size());
+    Bytes b;
+    b.u32(9);
+    b.u32(8);
+    b.u64(v.size());
     for (auto &s : v) b.str(s);
     return b;
 }
@@ -92,11 +116,24 @@ FileSpec valid_spec() {
     f.kv.push_back({"mole.attention.layer_norm_rms_epsilon", kv_f32(1e-5f)});
     f.kv.push_back({"tokenizer.ggml.tokens", kv_str_array({"a", "b", "\xc4\xa0the"})});
     Bytes nested;   // array of 2 arrays of u32: [[1, 2], [3]]
-    nested.u32(9); nested.u32(9); nested.u64(2);
-    nested.u32(4); nested.u64(2); nested.u32(1); nested.u32(2);
-    nested.u32(4); nested.u64(1); nested.u32(3);
+    nested.u32(9);
+    nested.u32(9);
+    nested.u64(2);
+    nested.u32(4);
+    nested.u64(2);
+    nested.u32(1);
+    nested.u32(2);
+    nested.u32(4);
+    nested.u64(1);
+    nested.u32(3);
     f.kv.push_back({"test.nested", nested});
-    Bytes bools; bools.u32(9); bools.u32(7); bools.u64(3); bools.u8(1); bools.u8(0); bools.u8(1);
+    Bytes bools;
+    bools.u32(9);
+    bools.u32(7);
+    bools.u64(3);
+    bools.u8(1);
+    bools.u8(0);
+    bools.u8(1);
     f.kv.push_back({"test.bools", bools});
     // f32 [8, 2] = 64 bytes at 0; q8_0 [32, 2] = 68 bytes at 64; f16 [16] = 32 bytes at 160.
     f.tensors.push_back({"a.weight", {8, 2}, 0, 0});
@@ -196,30 +233,44 @@ void test_header_errors() {
 
 void test_value_errors() {
     FileSpec f = valid_spec();
-    Bytes huge_str; huge_str.u32(8); huge_str.u64((uint64_t)1 << 62);
+    Bytes huge_str;
+    huge_str.u32(8);
+    huge_str.u64((uint64_t)1 << 62);
     f.kv.push_back({"test.huge", huge_str});
     CHECK(parse(build(f)) == MOLE_STATUS_FORMAT_ERROR && msg_has("test.huge"));
 
     f = valid_spec();
-    Bytes huge_arr; huge_arr.u32(9); huge_arr.u32(10); huge_arr.u64((uint64_t)1 << 61);
+    Bytes huge_arr;
+    huge_arr.u32(9);
+    huge_arr.u32(10);
+    huge_arr.u64((uint64_t)1 << 61);
     f.kv.push_back({"test.arr", huge_arr});
     CHECK(parse(build(f)) == MOLE_STATUS_FORMAT_ERROR && msg_has("test.arr"));
 
     f = valid_spec();
-    Bytes bad_type; bad_type.u32(13); bad_type.u32(0);
+    Bytes bad_type;
+    bad_type.u32(13);
+    bad_type.u32(0);
     f.kv.push_back({"test.type", bad_type});
     CHECK(parse(build(f)) == MOLE_STATUS_FORMAT_ERROR && msg_has("unknown value type 13"));
 
     f = valid_spec();
-    Bytes bad_elem; bad_elem.u32(9); bad_elem.u32(77); bad_elem.u64(1);
+    Bytes bad_elem;
+    bad_elem.u32(9);
+    bad_elem.u32(77);
+    bad_elem.u64(1);
     f.kv.push_back({"test.elem", bad_elem});
     CHECK(parse(build(f)) == MOLE_STATUS_FORMAT_ERROR && msg_has("unknown array element type 77"));
 
     f = valid_spec();
     Bytes deep;   // 9 nested array levels
     deep.u32(9);
-    for (int i = 0; i < 9; ++i) { deep.u32(9); deep.u64(1); }
-    deep.u32(4); deep.u64(0);
+    for (int i = 0; i < 9; ++i) {
+        deep.u32(9);
+        deep.u64(1);
+    }
+    deep.u32(4);
+    deep.u64(0);
     f.kv.push_back({"test.deep", deep});
     CHECK(parse(build(f)) == MOLE_STATUS_FORMAT_ERROR && msg_has("nested"));
 
@@ -318,9 +369,9 @@ void test_fuzz() {
         for (int k = 0; k < n_flips; ++k) {
             size_t pos = rng() % m.size();
             switch (rng() % 3) {
-                case 0: m[pos] ^= (uint8_t)(1u << (rng() % 8)); break;
-                case 1: m[pos] = (uint8_t)rng(); break;
-                default: m[pos] = 0xff; break;
+            case 0: m[pos] ^= (uint8_t)(1u << (rng() % 8)); break;
+            case 1: m[pos] = (uint8_t)rng(); break;
+            default: m[pos] = 0xff; break;
             }
         }
         if (rng() % 4 == 0) m.resize(rng() % m.size());
@@ -329,8 +380,10 @@ void test_fuzz() {
         if (!m.empty()) std::memcpy(exact.get(), m.data(), m.size());
         Gguf g;
         Status s = g.parse(exact.get(), m.size(), "fuzz.gguf");
-        if (s == MOLE_STATUS_OK) ++ok;
-        else CHECK(s == MOLE_STATUS_FORMAT_ERROR && last_error()[0] != '\0');
+        if (s == MOLE_STATUS_OK)
+            ++ok;
+        else
+            CHECK(s == MOLE_STATUS_FORMAT_ERROR && last_error()[0] != '\0');
     }
     CHECK(ok > 0);   // some flips land in tensor data and leave the file valid
 }
@@ -352,7 +405,8 @@ void test_files() {
     fp = std::fopen(other.c_str(), "wb");
     std::fwrite(bytes.data(), 1, bytes.size(), fp);
     std::fclose(fp);
-    CHECK(mole_model_load(other.c_str(), nullptr, &m) == MOLE_STATUS_FORMAT_ERROR && msg_has("missing required key 'mole.vocab_size'"));
+    CHECK(mole_model_load(other.c_str(), nullptr, &m) == MOLE_STATUS_FORMAT_ERROR &&
+          msg_has("missing required key 'mole.vocab_size'"));
     CHECK(mole_model_load(nullptr, nullptr, &m) == MOLE_STATUS_INVALID_ARGUMENT);
     unlink(empty.c_str());
     unlink(other.c_str());

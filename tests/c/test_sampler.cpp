@@ -26,7 +26,6 @@ void *operator new(std::size_t n) {
 void operator delete(void *p) noexcept { std::free(p); }
 void operator delete(void *p, std::size_t) noexcept { std::free(p); }
 
-
 static mole_sampler_params params(float temp, int32_t top_k = 0, float top_p = 1.0f, float min_p = 0.0f,
                                   uint64_t seed = 1234) {
     mole_sampler_params p;
@@ -88,7 +87,11 @@ static void test_determinism() {
     auto a = make(params(0.9f, 50, 0.9f, 0.01f, 99)), b = make(params(0.9f, 50, 0.9f, 0.01f, 99)),
          c = make(params(0.9f, 50, 0.9f, 0.01f, 100));
     std::vector<int32_t> sa, sb, sc;
-    for (int i = 0; i < 200; i++) { sa.push_back(draw(*a, logits)); sb.push_back(draw(*b, logits)); sc.push_back(draw(*c, logits)); }
+    for (int i = 0; i < 200; i++) {
+        sa.push_back(draw(*a, logits));
+        sb.push_back(draw(*b, logits));
+        sc.push_back(draw(*c, logits));
+    }
     CHECK(sa == sb);
     CHECK(sa != sc);
     a->reset();
@@ -195,12 +198,22 @@ static void expect_param_error(mole_sampler_params p, const char *needle) {
 
 static void test_errors() {
     auto p = params(1.0f);
-    p.top_k = -1; expect_param_error(p, "top_k");
-    p = params(1.0f); p.top_p = 1.5f; expect_param_error(p, "top_p");
-    p = params(1.0f); p.min_p = -0.1f; expect_param_error(p, "min_p");
-    p = params(1.0f); p.repeat_penalty = 0.0f; expect_param_error(p, "repeat_penalty");
-    p = params(1.0f); p.repeat_last_n = -1; expect_param_error(p, "repeat_last_n");
-    p = params(NAN); expect_param_error(p, "temperature");
+    p.top_k = -1;
+    expect_param_error(p, "top_k");
+    p = params(1.0f);
+    p.top_p = 1.5f;
+    expect_param_error(p, "top_p");
+    p = params(1.0f);
+    p.min_p = -0.1f;
+    expect_param_error(p, "min_p");
+    p = params(1.0f);
+    p.repeat_penalty = 0.0f;
+    expect_param_error(p, "repeat_penalty");
+    p = params(1.0f);
+    p.repeat_last_n = -1;
+    expect_param_error(p, "repeat_last_n");
+    p = params(NAN);
+    expect_param_error(p, "temperature");
     auto s = make(params(1.0f));
     int32_t t;
     float bad[3] = {0.0f, NAN, 1.0f};

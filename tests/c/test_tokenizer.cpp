@@ -15,7 +15,6 @@
 #include "check.h"
 using namespace mole;
 
-
 static std::string nfc(const std::string &s) {
     std::string out;
     unicode::nfc(s, out);
@@ -27,7 +26,10 @@ static std::vector<std::string> split(const std::string &s) {
     unicode::gpt2_split(s, ends);
     std::vector<std::string> pieces;
     size_t b = 0;
-    for (size_t e : ends) { pieces.push_back(s.substr(b, e - b)); b = e; }
+    for (size_t e : ends) {
+        pieces.push_back(s.substr(b, e - b));
+        b = e;
+    }
     return pieces;
 }
 
@@ -56,7 +58,10 @@ static std::string byte_char(unsigned b) {
 // 256 byte tokens + merged tokens + added tokens.
 static TokenizerData tiny_data() {
     TokenizerData d;
-    for (unsigned b = 0; b < 256; b++) { d.tokens.push_back(byte_char(b)); d.token_types.push_back(1); }
+    for (unsigned b = 0; b < 256; b++) {
+        d.tokens.push_back(byte_char(b));
+        d.token_types.push_back(1);
+    }
     const char *merges[] = {"h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "Ġwor l", "Ġworl d", "l o"};
     for (const char *m : merges) {
         std::string s = m;
@@ -65,10 +70,14 @@ static TokenizerData tiny_data() {
         d.token_types.push_back(1);
         d.merges.push_back(s);
     }
-    d.tokens.push_back("<|endoftext|>"); d.token_types.push_back(3);  // 266
-    d.tokens.push_back("  "); d.token_types.push_back(4);             // 267
-    d.tokens.push_back("   "); d.token_types.push_back(4);            // 268
-    d.tokens.push_back("<|pad_269|>"); d.token_types.push_back(5);    // 269
+    d.tokens.push_back("<|endoftext|>");
+    d.token_types.push_back(3);  // 266
+    d.tokens.push_back("  ");
+    d.token_types.push_back(4);             // 267
+    d.tokens.push_back("   ");
+    d.token_types.push_back(4);            // 268
+    d.tokens.push_back("<|pad_269|>");
+    d.token_types.push_back(5);    // 269
     d.eos = 266;
     d.bos = 266;
     return d;
@@ -118,7 +127,8 @@ static void test_nfc() {
     CHECK(nfc("a\xCC\xA3\xCC\x81") == "\xE1\xBA\xA1\xCC\x81");
     CHECK(nfc("\xE2\x84\xAB") == "\xC3\x85");                // Angstrom sign (singleton) -> Å
     CHECK(nfc("\xCC\x81x") == "\xCC\x81x");                   // lone combining mark stays
-    CHECK(nfc("\xFF" "e\xCC\x81") == "\xFF\xC3\xA9");         // invalid byte passes through
+    CHECK(nfc("\xFF"
+              "e\xCC\x81") == "\xFF\xC3\xA9");         // invalid byte passes through
     CHECK(unicode::nfc_quick_yes("plain ascii \xC3\xA9"));
     CHECK(!unicode::nfc_quick_yes("e\xCC\x81"));
 }
@@ -181,21 +191,29 @@ static void test_errors() {
     TokenizerData d = tiny_data();
     d.tokens[300 - 40] = d.tokens[5];
     expect_error(d, "duplicate token");
-    d = tiny_data(); d.merges.push_back("Ġ zz");
+    d = tiny_data();
+    d.merges.push_back("Ġ zz");
     expect_error(d, "'zz', which is not in the vocabulary");
-    d = tiny_data(); d.merges.push_back("a b");
+    d = tiny_data();
+    d.merges.push_back("a b");
     expect_error(d, "makes 'ab'");
-    d = tiny_data(); d.merges.push_back("ab");
+    d = tiny_data();
+    d.merges.push_back("ab");
     expect_error(d, "is not 'left right'");
-    d = tiny_data(); d.token_types[3] = 9;
+    d = tiny_data();
+    d.token_types[3] = 9;
     expect_error(d, "token 3 has token_type 9");
-    d = tiny_data(); d.token_types.pop_back();
+    d = tiny_data();
+    d.token_types.pop_back();
     expect_error(d, "token_type has 269 entries");
-    d = tiny_data(); d.eos = 270;
+    d = tiny_data();
+    d.eos = 270;
     expect_error(d, "eos_token_id = 270");
-    d = tiny_data(); d.pre = "llama3";
+    d = tiny_data();
+    d.pre = "llama3";
     expect_error(d, "unsupported tokenizer.ggml.pre 'llama3'");
-    d = tiny_data(); d.tokens[7] = " x";
+    d = tiny_data();
+    d.tokens[7] = " x";
     expect_error(d, "not in the byte-level alphabet");
     d = TokenizerData();
     expect_error(d, "empty");
@@ -247,8 +265,7 @@ static void test_threads() {
         for (int i = 0; i < n_words; i++) texts[t] += " hello w" + std::to_string(t * n_words + i) + " world";
     std::vector<std::vector<int32_t>> got(n_threads), want(n_threads);
     std::vector<std::thread> pool;
-    for (int t = 0; t < n_threads; t++)
-        pool.emplace_back([&, t] { shared->encode(texts[t], false, true, got[t]); });
+    for (int t = 0; t < n_threads; t++) pool.emplace_back([&, t] { shared->encode(texts[t], false, true, got[t]); });
     for (auto &th : pool) th.join();
     for (int t = 0; t < n_threads; t++) {
         fresh->encode(texts[t], false, true, want[t]);
@@ -266,14 +283,20 @@ struct Reader {
     bool ok = true;
     uint32_t u32() {
         uint32_t v = 0;
-        if (pos + 4 > buf.size()) { ok = false; return 0; }
+        if (pos + 4 > buf.size()) {
+            ok = false;
+            return 0;
+        }
         std::memcpy(&v, buf.data() + pos, 4);
         pos += 4;
         return v;
     }
     std::string str() {
         uint32_t n = u32();
-        if (!ok || pos + n > buf.size()) { ok = false; return {}; }
+        if (!ok || pos + n > buf.size()) {
+            ok = false;
+            return {};
+        }
         std::string s = buf.substr(pos, n);
         pos += n;
         return s;
@@ -284,16 +307,27 @@ struct Reader {
 // n_cases x (add_bos u32, parse_special u32, text, n_ids x i32). Strings are u32 length + bytes.
 static int run_dump(const char *path) {
     std::ifstream f(path, std::ios::binary);
-    if (!f) { std::fprintf(stderr, "cannot open %s\n", path); return 1; }
+    if (!f) {
+        std::fprintf(stderr, "cannot open %s\n", path);
+        return 1;
+    }
     Reader r;
     r.buf.assign(std::istreambuf_iterator<char>(f), {});
-    if (r.buf.compare(0, 8, "MOLETOK1") != 0) { std::fprintf(stderr, "%s: bad magic\n", path); return 1; }
+    if (r.buf.compare(0, 8, "MOLETOK1") != 0) {
+        std::fprintf(stderr, "%s: bad magic\n", path);
+        return 1;
+    }
     r.pos = 8;
     TokenizerData d;
     d.pre = r.str();
-    d.bos = (int32_t)r.u32(); d.eos = (int32_t)r.u32(); d.pad = (int32_t)r.u32();
+    d.bos = (int32_t)r.u32();
+    d.eos = (int32_t)r.u32();
+    d.pad = (int32_t)r.u32();
     uint32_t nt = r.u32();
-    for (uint32_t i = 0; i < nt && r.ok; i++) { d.tokens.push_back(r.str()); d.token_types.push_back((int32_t)r.u32()); }
+    for (uint32_t i = 0; i < nt && r.ok; i++) {
+        d.tokens.push_back(r.str());
+        d.token_types.push_back((int32_t)r.u32());
+    }
     uint32_t nm = r.u32();
     for (uint32_t i = 0; i < nm && r.ok; i++) d.merges.push_back(r.str());
     std::unique_ptr<Tokenizer> t;
@@ -310,7 +344,10 @@ static int run_dump(const char *path) {
         std::string text = r.str();
         uint32_t n = r.u32();
         std::vector<int32_t> want(n);
-        if (!r.ok || r.pos + 4ull * n > r.buf.size()) { r.ok = false; break; }
+        if (!r.ok || r.pos + 4ull * n > r.buf.size()) {
+            r.ok = false;
+            break;
+        }
         if (n) std::memcpy(want.data(), r.buf.data() + r.pos, 4ull * n);
         r.pos += 4ull * n;
         std::vector<int32_t> got;
@@ -335,9 +372,15 @@ static int run_dump(const char *path) {
         std::string back, ref;
         t->decode(got.data(), got.size(), false, back);
         t->decode(want.data(), want.size(), false, ref);
-        if (back != ref) { std::fprintf(stderr, "%s case %u: decode differs\n", path, c); failed++; }
+        if (back != ref) {
+            std::fprintf(stderr, "%s case %u: decode differs\n", path, c);
+            failed++;
+        }
     }
-    if (!r.ok) { std::fprintf(stderr, "%s: truncated dump\n", path); return 1; }
+    if (!r.ok) {
+        std::fprintf(stderr, "%s: truncated dump\n", path);
+        return 1;
+    }
     std::printf("%s: %u cases, %zu bytes -> %zu ids in %.3f s (%.1f MB/s), %d failed\n", path, nc, total_bytes,
                 total_ids, seconds, total_bytes / 1e6 / (seconds > 0 ? seconds : 1e-9), failed);
     return failed ? 1 : 0;
@@ -352,8 +395,10 @@ int main(int argc, char **argv) {
     test_stream();
     test_threads();
     int rc = g_failures ? 1 : 0;
-    if (g_failures) std::fprintf(stderr, "unit tests: %d failures\n", g_failures);
-    else std::printf("unit tests: ok\n");
+    if (g_failures)
+        std::fprintf(stderr, "unit tests: %d failures\n", g_failures);
+    else
+        std::printf("unit tests: ok\n");
     for (int i = 1; i < argc; i++) rc |= run_dump(argv[i]);
     return rc;
 }

@@ -62,8 +62,8 @@ void test_type_traits() {
     check(type_traits(30, &e, &b) && e == 1 && b == 2, "bf16 traits");
     check(type_traits(0, &e, &b) && e == 1 && b == 4, "f32 traits");
     check(!type_traits(3, &e, &b) && !type_traits(12345, nullptr, nullptr), "unknown types rejected");
-    check(row_bytes(Type::Q8_0, 768) == 24 * 34 && row_bytes(Type::Q4_0, 64) == 36 &&
-          row_bytes(Type::F16, 7) == 14, "row_bytes");
+    check(row_bytes(Type::Q8_0, 768) == 24 * 34 && row_bytes(Type::Q4_0, 64) == 36 && row_bytes(Type::F16, 7) == 14,
+          "row_bytes");
     check(std::string(type_name(Type::Q4_0)) == "q4_0" && std::string(type_name(Type::BF16)) == "bf16", "type_name");
 }
 

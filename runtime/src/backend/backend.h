@@ -114,8 +114,8 @@ public:
     // Appends k, v [S, kv_dim] at the plan's positions of each sequence in layer `layer` of kv,
     // then causal attention: out[S, n_head, hd] from q [S, n_head, hd] over each row's sequence,
     // positions 0 .. pos. Head h reads kv head h / (n_head / n_head_kv); scale 1/sqrt(hd).
-    virtual void attention(KvCache &kv, int32_t layer, const float *q, const float *k, const float *v,
-                           int64_t n_head, int64_t n_head_kv, int64_t hd, float *out) = 0;
+    virtual void attention(KvCache &kv, int32_t layer, const float *q, const float *k, const float *v, int64_t n_head,
+                           int64_t n_head_kv, int64_t hd, float *out) = 0;
     // Row-wise softmax in place, x[S, n].
     virtual void softmax(float *x, int64_t S, int64_t n) = 0;
     // x = 0.5 x (1 + erf(x / sqrt 2)) in place, n elements.

@@ -3,7 +3,9 @@
 
 namespace mole {
 
-namespace cpu { const BackendInfo *backend_info(); }
+namespace cpu {
+const BackendInfo *backend_info();
+}
 
 namespace {
 const BackendInfo *const *table(int32_t *n) {

@@ -30,7 +30,8 @@ void attn_scores_avx2(const float *q, const float *k, int64_t kv_stride, int64_t
         const __m128 sc = _mm_set1_ps(scale);
         for (; t + 4 <= n_keys; t += 4) {
             const float *k0 = k + t * kv_stride, *k1 = k0 + kv_stride, *k2 = k1 + kv_stride, *k3 = k2 + kv_stride;
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+                   a3 = _mm256_setzero_ps();
             for (int64_t e = 0; e < hd; e += 8) {
                 const __m256 qv = _mm256_loadu_ps(q + e);
                 a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + e), a0);
@@ -61,7 +62,8 @@ void attn_accum_avx2(const float *p, const float *v, int64_t kv_stride, int64_t 
     }
     for (; e + 8 <= hd; e += 8) {
         __m256 acc = _mm256_setzero_ps();
-        for (int64_t t = 0; t < n_keys; ++t) acc = _mm256_fmadd_ps(_mm256_set1_ps(p[t]), _mm256_loadu_ps(v + t * kv_stride + e), acc);
+        for (int64_t t = 0; t < n_keys; ++t)
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(p[t]), _mm256_loadu_ps(v + t * kv_stride + e), acc);
         _mm256_storeu_ps(out + e, acc);
     }
     for (; e < hd; ++e) {
@@ -84,7 +86,8 @@ double softmax_exp_avx2(float *x, int64_t n) {
     m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
     float mx = _mm_cvtss_f32(m4);
     for (; i < n; ++i) mx = std::max(mx, x[i]);
-    const __m256 vmx = _mm256_set1_ps(mx), lowest = _mm256_set1_ps(-87.0f), log2e = _mm256_set1_ps(1.44269504088896341f);
+    const __m256 vmx = _mm256_set1_ps(mx), lowest = _mm256_set1_ps(-87.0f),
+                 log2e = _mm256_set1_ps(1.44269504088896341f);
     const __m256 ln2_hi = _mm256_set1_ps(0.693359375f), ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
     for (i = 0; i + 8 <= n; i += 8) {
@@ -92,8 +95,9 @@ double softmax_exp_avx2(float *x, int64_t n) {
         const __m256 k = _mm256_round_ps(_mm256_mul_ps(y, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         __m256 r = _mm256_fnmadd_ps(k, ln2_hi, y);
         r = _mm256_fnmadd_ps(k, ln2_lo, r);
-        __m256 e = exp_taylor(r, [](__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); },
-                              [](float c) { return _mm256_set1_ps(c); });
+        __m256 e = exp_taylor(
+            r, [](__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); },
+            [](float c) { return _mm256_set1_ps(c); });
         const __m256i pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
         e = _mm256_mul_ps(e, _mm256_castsi256_ps(pow2));
         _mm256_storeu_ps(x + i, e);

@@ -19,16 +19,22 @@ template <Type T> inline __m256 load_w(const uint8_t *row, int64_t i) {
     if constexpr (T == Type::F32) {
         return _mm256_loadu_ps(reinterpret_cast<const float *>(row) + i);
     } else {
-        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i *>(reinterpret_cast<const uint16_t *>(row) + i));
-        if constexpr (T == Type::F16) return _mm256_cvtph_ps(h);
-        else return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+        const __m128i h =
+            _mm_loadu_si128(reinterpret_cast<const __m128i *>(reinterpret_cast<const uint16_t *>(row) + i));
+        if constexpr (T == Type::F16)
+            return _mm256_cvtph_ps(h);
+        else
+            return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
     }
 }
 
 template <Type T> inline float w_at(const uint8_t *row, int64_t i) {
-    if constexpr (T == Type::F32) return reinterpret_cast<const float *>(row)[i];
-    else if constexpr (T == Type::F16) return f16_to_f32(reinterpret_cast<const uint16_t *>(row)[i]);
-    else return bf16_to_f32(reinterpret_cast<const uint16_t *>(row)[i]);
+    if constexpr (T == Type::F32)
+        return reinterpret_cast<const float *>(row)[i];
+    else if constexpr (T == Type::F16)
+        return f16_to_f32(reinterpret_cast<const uint16_t *>(row)[i]);
+    else
+        return bf16_to_f32(reinterpret_cast<const uint16_t *>(row)[i]);
 }
 
 }  // namespace mole::cpu

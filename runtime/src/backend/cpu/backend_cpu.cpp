@@ -56,7 +56,8 @@ Status repack(const Weight *const *ws, int32_t n, CpuWeights *out) {
         for (int64_t r = 0; r < w.ne1; r += rows_per_chunk) {
             const int64_t r1 = std::min(w.ne1, r + rows_per_chunk);
             const uint64_t off = uint64_t(r * rb), len = uint64_t((r1 - r) * rb);
-            if (!out->file) std::memcpy(chunk.data(), w.data + off, len);
+            if (!out->file)
+                std::memcpy(chunk.data(), w.data + off, len);
             else if (!out->file->read_at(w.offset + off, chunk.data(), len))
                 return set_error(MOLE_STATUS_IO_ERROR, "%s: cannot read the weights at offset %llu",
                                  out->file->path().c_str(), static_cast<unsigned long long>(w.offset + off));
@@ -75,7 +76,8 @@ public:
 
     Status alloc(uint64_t bytes, const char *what, void **out) override {
         void *p = ::operator new(size_t(std::max<uint64_t>(bytes, 1)), std::align_val_t(64), std::nothrow);
-        if (!p) return set_error(MOLE_STATUS_OUT_OF_MEMORY, "cannot allocate %s (%s)", what, human_bytes(bytes).c_str());
+        if (!p)
+            return set_error(MOLE_STATUS_OUT_OF_MEMORY, "cannot allocate %s (%s)", what, human_bytes(bytes).c_str());
         buffers_.emplace_back(p);
         *out = p;
         return MOLE_STATUS_OK;
@@ -178,8 +180,10 @@ public:
             lut_mix_raw(type, gate + r * N, src + slice.offset, slice.skip, N, d, mix_tmp_.data() + thread * stride,
                         x + r * d);
         };
-        if (pool_.size() > 1 && S >= 8) pool_.parallel_for(S, std::ref(run));
-        else for (int64_t r = 0; r < S; ++r) run(r, 0);
+        if (pool_.size() > 1 && S >= 8)
+            pool_.parallel_for(S, std::ref(run));
+        else
+            for (int64_t r = 0; r < S; ++r) run(r, 0);
     }
 
     Status synchronize() override { return MOLE_STATUS_OK; }

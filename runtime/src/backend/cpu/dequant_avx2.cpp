@@ -10,9 +10,7 @@ namespace mole::cpu {
 void dequantize_row_avx2(Type type, const void *src, float *dst, int64_t n) {
     const uint8_t *p = static_cast<const uint8_t *>(src);
     switch (type) {
-    case Type::F32:
-        std::memcpy(dst, src, size_t(n) * 4);
-        return;
+    case Type::F32: std::memcpy(dst, src, size_t(n) * 4); return;
     case Type::F16:
     case Type::BF16: {
         int64_t i = 0;
@@ -44,7 +42,8 @@ void dequantize_row_avx2(Type type, const void *src, float *dst, int64_t n) {
             const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), low4), eight);
             const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
             for (int h = 0; h < 4; ++h)
-                _mm256_storeu_ps(dst + j * QK + 8 * h, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(parts[h])), d));
+                _mm256_storeu_ps(dst + j * QK + 8 * h,
+                                 _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(parts[h])), d));
         }
         return;
     }

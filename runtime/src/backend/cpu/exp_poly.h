@@ -7,7 +7,7 @@
 namespace mole::cpu {
 
 inline constexpr float kExpTaylor[8] = {1.0f / 5040.0f, 1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f,
-                                        1.0f / 6.0f,    0.5f,           1.0f,           1.0f};
+                                        1.0f / 6.0f,    0.5f,          1.0f,          1.0f};
 
 // fma(a, b, c) = a * b + c; set1(c) = c in every lane.
 template <class V, class Fma, class Set1> inline V exp_taylor(V r, Fma fma, Set1 set1) {

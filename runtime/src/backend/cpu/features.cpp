@@ -59,9 +59,12 @@ Isa from_env(Isa best) {
     const char *e = std::getenv("MOLE_CPU_ISA");
     if (!e || !*e) return best;
     Isa want = best;
-    if (!std::strcmp(e, "portable")) want = Isa::Portable;
-    else if (!std::strcmp(e, "avx2")) want = Isa::Avx2;
-    else if (!std::strcmp(e, "avx512")) want = Isa::Avx512;
+    if (!std::strcmp(e, "portable"))
+        want = Isa::Portable;
+    else if (!std::strcmp(e, "avx2"))
+        want = Isa::Avx2;
+    else if (!std::strcmp(e, "avx512"))
+        want = Isa::Avx512;
     return int(want) < int(best) ? want : best;  // unknown values keep the best level
 }
 

@@ -10,8 +10,8 @@
 namespace mole::cpu {
 
 void gelu_avx512(float *x, int64_t n) {
-    static const float P[10] = {-1.26551223f, 1.00002368f, 0.37409196f, 0.09678418f, -0.18628806f,
-                                0.27886807f, -1.13520398f, 1.48851587f, -0.82215223f, 0.17087277f};
+    static const float P[10] = {-1.26551223f, 1.00002368f,  0.37409196f, 0.09678418f,  -0.18628806f,
+                                0.27886807f,  -1.13520398f, 1.48851587f, -0.82215223f, 0.17087277f};
     const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
     const __m512 rsqrt2 = _mm512_set1_ps(0.70710678118654752f);
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));

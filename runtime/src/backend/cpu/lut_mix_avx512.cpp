@@ -21,5 +21,4 @@ void lut_mix_q8_0_avx512(const float *g, const BlockQ8_0 *blocks, int64_t N, int
     }
 }
 
-
 }  // namespace mole::cpu

@@ -25,7 +25,8 @@ template <Type T, int R, int C> void tile_float(const MatmulArgs &a, int64_t r, 
     int64_t e = 0;
     for (; e + 8 <= k; e += 8) {
         if constexpr (C == 1) {   // decode streams weights from memory: fetch the next tile's rows early
-            for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char *>(w[i] + R * a.wrow + e * esize), _MM_HINT_T0);
+            for (int i = 0; i < R; ++i)
+                _mm_prefetch(reinterpret_cast<const char *>(w[i] + R * a.wrow + e * esize), _MM_HINT_T0);
         }
         __m256 wv[R];
         for (int i = 0; i < R; ++i) wv[i] = load_w<T>(w[i], e);
@@ -62,7 +63,8 @@ template <Type T, int R, int C> void tile_quant(const MatmulArgs &a, int64_t r, 
     constexpr int64_t bb = T == Type::Q8_0 ? int64_t(sizeof(BlockQ8_0)) : int64_t(sizeof(BlockQ4_0));
     for (int64_t b = 0; b < nb; ++b) {
         if constexpr (C == 1) {
-            for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char *>(w[i] + R * a.wrow + b * bb), _MM_HINT_T0);
+            for (int i = 0; i < R; ++i)
+                _mm_prefetch(reinterpret_cast<const char *>(w[i] + R * a.wrow + b * bb), _MM_HINT_T0);
         }
         __m256i wq[R], wu[R];
         __m256 dw[R];
@@ -100,8 +102,10 @@ template <Type T, int R, int C> void tile_quant(const MatmulArgs &a, int64_t r, 
 }
 
 template <Type T, int R, int C> inline void kern(const MatmulArgs &a, int64_t r, int64_t s) {
-    if constexpr (T == Type::Q8_0 || T == Type::Q4_0) tile_quant<T, R, C>(a, r, s);
-    else tile_float<T, R, C>(a, r, s);
+    if constexpr (T == Type::Q8_0 || T == Type::Q4_0)
+        tile_quant<T, R, C>(a, r, s);
+    else
+        tile_float<T, R, C>(a, r, s);
 }
 
 // 16 ymm registers: 3 W rows x 4 X rows of accumulators (float types) or 2 x 4 (quant types,

@@ -20,9 +20,12 @@ template <Type T> inline __m512 load_w(const uint8_t *row, int64_t i) {
     if constexpr (T == Type::F32) {
         return _mm512_loadu_ps(reinterpret_cast<const float *>(row) + i);
     } else {
-        const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(reinterpret_cast<const uint16_t *>(row) + i));
-        if constexpr (T == Type::F16) return _mm512_cvtph_ps(h);
-        else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        const __m256i h =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i *>(reinterpret_cast<const uint16_t *>(row) + i));
+        if constexpr (T == Type::F16)
+            return _mm512_cvtph_ps(h);
+        else
+            return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     }
 }
 
@@ -31,8 +34,10 @@ template <Type T> inline __m512 load_w_mask(const uint8_t *row, int64_t i, __mma
         return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float *>(row) + i);
     } else {
         const __m256i h = _mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t *>(row) + i);
-        if constexpr (T == Type::F16) return _mm512_cvtph_ps(h);
-        else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        if constexpr (T == Type::F16)
+            return _mm512_cvtph_ps(h);
+        else
+            return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     }
 }
 
@@ -50,7 +55,8 @@ template <Type T, int R, int C> void tile_float(const MatmulArgs &a, int64_t r, 
     int64_t e = 0;
     for (; e + 16 <= k; e += 16) {
         if constexpr (C == 1) {   // decode: fetch the next tile's rows early (see tile_quant)
-            for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char *>(w[i] + R * a.wrow + e * esize), _MM_HINT_T0);
+            for (int i = 0; i < R; ++i)
+                _mm_prefetch(reinterpret_cast<const char *>(w[i] + R * a.wrow + e * esize), _MM_HINT_T0);
         }
         __m512 wv[R];
         for (int i = 0; i < R; ++i) wv[i] = load_w<T>(w[i], e);
@@ -98,7 +104,8 @@ template <Type T, int R, int C> void tile_quant(const MatmulArgs &a, int64_t r, 
     for (; b + 2 <= nb; b += 2) {
         if constexpr (C == 1) {
             // decode streams weights from memory: fetch the next tile's rows (R rows on) early
-            for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char *>(w[i] + R * a.wrow + b * bb), _MM_HINT_T0);
+            for (int i = 0; i < R; ++i)
+                _mm_prefetch(reinterpret_cast<const char *>(w[i] + R * a.wrow + b * bb), _MM_HINT_T0);
         }
         __m512i wu[R];
         __m512 dw[R];
@@ -114,8 +121,10 @@ template <Type T, int R, int C> void tile_quant(const MatmulArgs &a, int64_t r, 
                 const BlockQ4_0 *blk = reinterpret_cast<const BlockQ4_0 *>(w[i]) + b;
                 const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(blk[0].qs));
                 const __m128i q1 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(blk[1].qs));
-                const __m256i n0 = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q0, 4), low4), _mm_and_si128(q0, low4));
-                const __m256i n1 = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q1, 4), low4), _mm_and_si128(q1, low4));
+                const __m256i n0 =
+                    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q0, 4), low4), _mm_and_si128(q0, low4));
+                const __m256i n1 =
+                    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q1, 4), low4), _mm_and_si128(q1, low4));
                 wu[i] = _mm512_inserti64x4(_mm512_castsi256_si512(n0), n1, 1);
                 d01 = uint32_t(blk[0].d) | (uint32_t(blk[1].d) << 16);
             }
@@ -124,9 +133,11 @@ template <Type T, int R, int C> void tile_quant(const MatmulArgs &a, int64_t r, 
         }
         for (int j = 0; j < C; ++j) {
             const __m512i xv = _mm512_loadu_si512(xq[j] + b * QK);
-            const __m512i init = _mm512_mask_set1_epi32(_mm512_maskz_set1_epi32(0x0001, -off * xs[j][b]), 0x0100, -off * xs[j][b + 1]);
-            const __m512 dx = _mm512_permutexvar_ps(
-                spread, _mm512_castps128_ps512(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(xd[j] + b)))));
+            const __m512i init =
+                _mm512_mask_set1_epi32(_mm512_maskz_set1_epi32(0x0001, -off * xs[j][b]), 0x0100, -off * xs[j][b + 1]);
+            const __m512 dx = _mm512_permutexvar_ps(spread,
+                                                    _mm512_castps128_ps512(_mm_castsi128_ps(_mm_loadl_epi64(
+                                                        reinterpret_cast<const __m128i *>(xd[j] + b)))));
             for (int i = 0; i < R; ++i) {
                 const __m512i dot = _mm512_dpbusd_epi32(init, wu[i], xv);
                 acc2[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw[i], dx), acc2[i][j]);
@@ -168,8 +179,10 @@ template <Type T, int R, int C> void tile_quant(const MatmulArgs &a, int64_t r, 
 }
 
 template <Type T, int R, int C> inline void kern(const MatmulArgs &a, int64_t r, int64_t s) {
-    if constexpr (T == Type::Q8_0 || T == Type::Q4_0) tile_quant<T, R, C>(a, r, s);
-    else tile_float<T, R, C>(a, r, s);
+    if constexpr (T == Type::Q8_0 || T == Type::Q4_0)
+        tile_quant<T, R, C>(a, r, s);
+    else
+        tile_float<T, R, C>(a, r, s);
 }
 
 // Float tiles: 6 W rows x 4 X rows = 24 accumulators (+ 6 W + 1 X of the 32 zmm registers), so
@@ -228,7 +241,8 @@ void quantize_rows_q8_avx512(const float *X, int64_t s0, int64_t s1, const Q8Row
         for (int64_t b = 0; b < nb; ++b) {
             const float *x = X + s * k + b * QK;
             const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
-            const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(v0, absmask), _mm512_and_ps(v1, absmask)));
+            const float amax =
+                _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(v0, absmask), _mm512_and_ps(v1, absmask)));
             const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
             const __m512 idv = _mm512_set1_ps(id);
             __m512i qi[2];

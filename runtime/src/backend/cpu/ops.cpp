@@ -49,13 +49,9 @@ void matmul_tile_portable(const MatmulArgs &a, int64_t r0, int64_t r1, int64_t s
         for (int64_t s = s0; s < s1; ++s) {
             float acc = 0.0f;
             switch (a.type) {
-            case Type::F32:
-                acc = dot_portable(reinterpret_cast<const float *>(w), a.X + s * k, k);
-                break;
+            case Type::F32: acc = dot_portable(reinterpret_cast<const float *>(w), a.X + s * k, k); break;
             case Type::F16:
-            case Type::BF16:
-                acc = dot_portable(wrow.data(), a.X + s * k, k);
-                break;
+            case Type::BF16: acc = dot_portable(wrow.data(), a.X + s * k, k); break;
             case Type::Q8_0: {
                 const BlockQ8_0 *wb = reinterpret_cast<const BlockQ8_0 *>(w);
                 const int8_t *xq = a.xq.q + s * k;
@@ -76,7 +72,7 @@ void matmul_tile_portable(const MatmulArgs &a, int64_t r0, int64_t r1, int64_t s
                     int32_t dot = 0;
                     for (int i = 0; i < QK / 2; ++i)
                         dot += int32_t(wb[b].qs[i] & 0x0f) * xq[b * QK + i] +
-                               int32_t(wb[b].qs[i] >> 4) * xq[b * QK + i + QK / 2];
+                            int32_t(wb[b].qs[i] >> 4) * xq[b * QK + i + QK / 2];
                     dot -= 8 * xs[b];
                     acc += float(dot) * (f16_to_f32(wb[b].d) * xd[b]);
                 }
@@ -98,7 +94,10 @@ struct Q8Scratch {
     Q8Rows rows(int64_t S, int64_t k) {
         const size_t nq = size_t(S * k), nb = size_t(S * (k / QK));
         if (q.size() < nq) q.resize(nq);
-        if (d.size() < nb) { d.resize(nb); sum.resize(nb); }
+        if (d.size() < nb) {
+            d.resize(nb);
+            sum.resize(nb);
+        }
         return Q8Rows{q.data(), d.data(), sum.data(), k};
     }
 };
@@ -108,8 +107,7 @@ constexpr int64_t kSChunk = 64;     // X rows per task when S is large
 
 }  // namespace
 
-void matmul(Type type, const void *W, int64_t n, int64_t k, const float *X, int64_t S, float *Y,
-            ThreadPool *pool) {
+void matmul(Type type, const void *W, int64_t n, int64_t k, const float *X, int64_t S, float *Y, ThreadPool *pool) {
     const MatmulOut out{type, W, n, Y};
     matmul_multi(&out, 1, k, X, S, pool);
 }
@@ -133,7 +131,7 @@ void matmul_multi(const MatmulOut *outs, int n_outs, int64_t k, const float *X, 
         static thread_local Q8Scratch scratch;
         xq = scratch.rows(S, k);
         auto quant = isa == Isa::Avx512 ? quantize_rows_q8_avx512
-                   : isa == Isa::Avx2   ? quantize_rows_q8_avx2
+            : isa == Isa::Avx2          ? quantize_rows_q8_avx2
                                         : quantize_rows_q8_portable;
         if (nt > 1 && S >= 4) {
             const int64_t per = (S + nt - 1) / nt;
@@ -147,9 +145,7 @@ void matmul_multi(const MatmulOut *outs, int n_outs, int64_t k, const float *X, 
         }
     }
 
-    auto tile = isa == Isa::Avx512 ? matmul_tile_avx512
-              : isa == Isa::Avx2   ? matmul_tile_avx2
-                                   : matmul_tile_portable;
+    auto tile = isa == Isa::Avx512 ? matmul_tile_avx512 : isa == Isa::Avx2 ? matmul_tile_avx2 : matmul_tile_portable;
     auto packed_tile = isa == Isa::Avx512 ? matmul_q8x16_avx512 : matmul_q8x16_portable;
 
     // Per output: S in chunks of kSChunk rows; n in chunks of whole tiles, enough chunks per
@@ -161,8 +157,8 @@ void matmul_multi(const MatmulOut *outs, int n_outs, int64_t k, const float *X, 
     first[0] = 0;
     for (int i = 0; i < n_outs; ++i) {
         const MatmulOut &o = outs[i];
-        args[i] = MatmulArgs{o.type, static_cast<const uint8_t *>(o.W), o.n, k, row_bytes(o.type, k), X, xq, o.Y,
-                             o.packed && o.type == Type::Q8_0};
+        args[i] = MatmulArgs{o.type, static_cast<const uint8_t *>(o.W), o.n, k, row_bytes(o.type, k), X, xq,
+                             o.Y,    o.packed && o.type == Type::Q8_0};
         const int64_t n = std::max<int64_t>(o.n, 0);
         int64_t want = nt == 1 ? 1 : std::max<int64_t>(1, (int64_t(nt) * 8 + s_chunks - 1) / s_chunks);
         int64_t rc = (n + want - 1) / want;
@@ -186,8 +182,10 @@ void matmul_multi(const MatmulOut *outs, int n_outs, int64_t k, const float *X, 
         const int64_t rc = t % r_chunks[i], sc = t / r_chunks[i];
         const int64_t r0 = rc * r_chunk[i], r1 = std::min(args[i].n, r0 + r_chunk[i]);
         const int64_t s0 = sc * kSChunk, s1 = std::min(S, s0 + kSChunk);
-        if (args[i].packed) packed_tile(Q8x16Args{args[i].W, args[i].n, k, xq, args[i].Y}, r0, r1, s0, s1);
-        else tile(args[i], r0, r1, s0, s1);
+        if (args[i].packed)
+            packed_tile(Q8x16Args{args[i].W, args[i].n, k, xq, args[i].Y}, r0, r1, s0, s1);
+        else
+            tile(args[i], r0, r1, s0, s1);
     };
     if (pool && nt > 1 && n_tasks > 1) {
         pool->parallel_for(n_tasks, std::ref(run));
@@ -210,8 +208,7 @@ void rmsnorm(const float *x, const float *w, int64_t S, int64_t d, float eps, fl
     }
 }
 
-void rope(float *x, int64_t S, int64_t n_head, int64_t head_dim, const int32_t *pos, float theta,
-          float freq_scale) {
+void rope(float *x, int64_t S, int64_t n_head, int64_t head_dim, const int32_t *pos, float theta, float freq_scale) {
     const int64_t half = head_dim / 2;
     static thread_local std::vector<float> cs;      // [half] cos, then [half] sin, of one position
     static thread_local std::vector<double> freq;   // [half] freq_scale * theta^(-2i/head_dim)
@@ -315,8 +312,8 @@ void softmax(float *x, int64_t S, int64_t n) {
     }
 }
 
-void attention(const float *q, const float *k, const float *v, int64_t kv_stride, float *out, int64_t S,
-               int64_t pos0, int64_t n_head, int64_t n_head_kv, int64_t hd, ThreadPool *pool) {
+void attention(const float *q, const float *k, const float *v, int64_t kv_stride, float *out, int64_t S, int64_t pos0,
+               int64_t n_head, int64_t n_head_kv, int64_t hd, ThreadPool *pool) {
     if (S <= 0 || n_head <= 0 || n_head_kv <= 0) return;
     const bool simd = active_isa() != Isa::Portable;
     auto scores_fn = simd ? attn_scores_avx2 : attn_scores_portable;
@@ -355,8 +352,10 @@ void attention(const float *q, const float *k, const float *v, int64_t kv_stride
         }
     };
     const int64_t n_tasks = n_head * q_chunks;
-    if (pool && pool->size() > 1) pool->parallel_for(n_tasks, std::ref(run));
-    else for (int64_t t = 0; t < n_tasks; ++t) run(t, 0);
+    if (pool && pool->size() > 1)
+        pool->parallel_for(n_tasks, std::ref(run));
+    else
+        for (int64_t t = 0; t < n_tasks; ++t) run(t, 0);
 }
 
 }  // namespace mole::cpu

@@ -11,8 +11,10 @@
 
 namespace mole::cpu {
 
-struct Features { bool avx2 = false, fma = false, f16c = false, avx512f = false, avx512bw = false,
-                  avx512vnni = false, avx512bf16 = false, avx512vl = false, avx512dq = false; };
+struct Features {
+    bool avx2 = false, fma = false, f16c = false, avx512f = false, avx512bw = false, avx512vnni = false,
+         avx512bf16 = false, avx512vl = false, avx512dq = false;
+};
 const Features &cpu_features();   // detected once (cpuid + xgetbv), thread-safe
 
 // dst[0..n) = dequantized row; n a multiple of the block size. Same values as dequantize_row_ref.
@@ -22,8 +24,7 @@ void dequantize_row(Type type, const void *src, float *dst, int64_t n);
 // (ggml: a tensor with ne0 = k, ne1 = n). Quantized types quantize X to the matching dot format
 // internally (q8 blocks of 32; k must then be a multiple of 32). Work is split over pool (may be
 // null: run on the caller). Results do not depend on the pool's size.
-void matmul(Type type, const void *W, int64_t n, int64_t k, const float *X, int64_t S, float *Y,
-            ThreadPool *pool);
+void matmul(Type type, const void *W, int64_t n, int64_t k, const float *X, int64_t S, float *Y, ThreadPool *pool);
 
 // Several matmuls over the same X[S, k] in one dispatch (X quantized once): Y_i[S, n_i] = X W_i^T
 // for each entry. Same results as separate matmul calls.
@@ -41,8 +42,7 @@ void rmsnorm(const float *x, const float *w, int64_t S, int64_t d, float eps, fl
 
 // Rotate-half RoPE in place on x[S, n_head, head_dim]: for pair (i, i + head_dim/2),
 // angle = pos[s] * freq_scale * theta^(-2i/head_dim).
-void rope(float *x, int64_t S, int64_t n_head, int64_t head_dim, const int32_t *pos, float theta,
-          float freq_scale);
+void rope(float *x, int64_t S, int64_t n_head, int64_t head_dim, const int32_t *pos, float theta, float freq_scale);
 
 // x = 0.5 x (1 + erf(x / sqrt 2)) in place, n elements (relative error < 1e-6); large n is split
 // over pool (may be null).
@@ -57,8 +57,8 @@ void softmax(float *x, int64_t S, int64_t n);
 //   out   [S, n_head, hd]
 // Head h reads kv head h / (n_head / n_head_kv) (GQA). Scale 1/sqrt(hd). Token s sees
 // positions 0 .. pos0+s.
-void attention(const float *q, const float *k, const float *v, int64_t kv_stride, float *out, int64_t S,
-               int64_t pos0, int64_t n_head, int64_t n_head_kv, int64_t hd, ThreadPool *pool);
+void attention(const float *q, const float *k, const float *v, int64_t kv_stride, float *out, int64_t S, int64_t pos0,
+               int64_t n_head, int64_t n_head_kv, int64_t hd, ThreadPool *pool);
 
 // MoLE mix: out[d] += sum_j g[j] * rows[j, d], rows = the token's N expert outputs for one layer.
 void lut_mix(const float *g, const float *rows, int64_t N, int64_t d, float *out);

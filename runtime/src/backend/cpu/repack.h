@@ -23,9 +23,7 @@ constexpr int64_t kQ8x16Rows = 16;
 // Bytes of one group of 16 rows and where its qs start.
 inline int64_t q8x16_scale_bytes(int64_t k) { return (k / QK * kQ8x16Rows * 2 + 63) / 64 * 64; }
 inline int64_t q8x16_group_bytes(int64_t k) { return q8x16_scale_bytes(k) + k / QK * 512; }
-inline int64_t q8x16_bytes(int64_t n, int64_t k) {
-    return (n + kQ8x16Rows - 1) / kQ8x16Rows * q8x16_group_bytes(k);
-}
+inline int64_t q8x16_bytes(int64_t n, int64_t k) { return (n + kQ8x16Rows - 1) / kQ8x16Rows * q8x16_group_bytes(k); }
 
 // Writes rows [r0, r1) of a q8_0 tensor (src = row r0, rows of k/32 BlockQ8_0, contiguous) into
 // their place in dst (the whole packed tensor). r0 must be a multiple of 16; rows of a group not
