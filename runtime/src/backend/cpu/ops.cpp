@@ -13,7 +13,9 @@
 namespace mole::cpu {
 
 void dequantize_row(Type type, const void *src, float *dst, int64_t n) {
-    if (active_isa() != Isa::Portable) return dequantize_row_avx2(type, src, dst, n);
+    const bool simd = type == Type::F32 || type == Type::F16 || type == Type::BF16 || type == Type::Q8_0 ||
+        type == Type::Q4_0;   // a type without a SIMD decoder uses the reference one
+    if (simd && active_isa() != Isa::Portable) return dequantize_row_avx2(type, src, dst, n);
     dequantize_row_ref(type, src, dst, n);
 }
 
