@@ -60,21 +60,22 @@ def build_reparam_checkpoint(directory: pathlib.Path, cfg, seed: int = 0) -> Non
     from safetensors.torch import save_file
 
     from convert_scale import build_checkpoint
+    from mole_convert import checkpoint_names as C
     from mole_convert.config import MoleConfig
 
     spec = {k: v for k, v in vars(cfg).items() if k != "extra"}
     build_checkpoint(directory, MoleConfig(**dict(spec, num_experts=0)), torch.bfloat16, seed=seed)   # no router
     V, d, L, N = cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_experts
     gen = torch.Generator().manual_seed(seed + 1)
-    routers = {f"model.layers.{i}.router.weight": (torch.randn(N, d, generator=gen) / math.sqrt(d)).to(torch.bfloat16)
+    routers = {C.name(C.ROUTER, i): (torch.randn(N, d, generator=gen) / math.sqrt(d)).to(torch.bfloat16)
                for i in range(L)}                                                                  # [N, d] each
     save_file(routers, str(directory / "model-router.safetensors"), metadata={"format": "pt"})
-    table_bytes = write_random_table(directory / "model-moe-table.safetensors", "model.moe_table.weight",
+    table_bytes = write_random_table(directory / "model-moe-table.safetensors", C.MOE_TABLE,
                                      V, L * N * d, seed=seed + 2)   # [V, L*N*d]
     index_path = directory / "model.safetensors.index.json"
     index = json.loads(index_path.read_text())
     index["weight_map"].update({n: "model-router.safetensors" for n in routers})
-    index["weight_map"]["model.moe_table.weight"] = "model-moe-table.safetensors"
+    index["weight_map"][C.MOE_TABLE] = "model-moe-table.safetensors"
     index["metadata"]["total_size"] += table_bytes + sum(t.numel() * 2 for t in routers.values())
     index_path.write_text(json.dumps(index, indent=1))
     hf = cfg.to_hf_dict()

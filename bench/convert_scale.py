@@ -25,6 +25,8 @@ if str(REPO / "bench") not in sys.path:
     sys.path.insert(0, str(REPO / "bench"))
 import common  # noqa: E402,F401  (puts the source tree's packages on sys.path when none is installed)
 
+from mole import gguf_names as G  # noqa: E402
+from mole_convert import checkpoint_names as C  # noqa: E402
 from mole_convert.config import MoleConfig  # noqa: E402
 from mole_convert.testing import make_tiny_tokenizer_json, neox_tokenizer_path, NEOX_VOCAB  # noqa: E402
 
@@ -36,23 +38,6 @@ SHAPES = {
                   num_attention_heads=4, num_key_value_heads=4, num_experts=8, max_position_embeddings=512),
 }
 _DTYPES = {"bf16": torch.bfloat16, "f32": torch.float32, "f16": torch.float16}
-
-
-def _layer_tensors(cfg: MoleConfig, i: int) -> dict[str, tuple[int, ...]]:
-    d, D, De, hd = cfg.hidden_size, cfg.intermediate_size, cfg.n_ff_expert, cfg.head_dim
-    H, Hkv, N = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.num_experts
-    p = f"model.layers.{i}."
-    s = {p + "input_layernorm.weight": (d,), p + "self_attn.q_proj.weight": (H * hd, d),
-         p + "self_attn.k_proj.weight": (Hkv * hd, d), p + "self_attn.v_proj.weight": (Hkv * hd, d),
-         p + "self_attn.o_proj.weight": (d, H * hd), p + "post_attention_layernorm.weight": (d,),
-         p + "mlp.up_proj.weight": (D, d), p + "mlp.down_proj.weight": (d, D)}
-    if N > 0:   # dense (N = 0) has no router and no expert norm
-        s[p + "router.weight"] = (N, d)
-        s[p + "expert_layernorm.weight"] = (d,)
-    for j in range(N):
-        s[p + f"experts.{j}.up_proj.weight"] = (De, d)
-        s[p + f"experts.{j}.down_proj.weight"] = (d, De)
-    return s
 
 
 def build_checkpoint(directory: pathlib.Path, cfg: MoleConfig, dtype: torch.dtype, seed: int = 0) -> int:
@@ -68,15 +53,16 @@ def build_checkpoint(directory: pathlib.Path, cfg: MoleConfig, dtype: torch.dtyp
         return (torch.randn(shape, generator=gen) / math.sqrt(shape[1])).to(dtype)
 
     V, d = cfg.vocab_size, cfg.hidden_size
-    shards = [("model-embed.safetensors", {"model.embed_tokens.weight": (V, d), "model.norm.weight": (d,),
-                                           "lm_head.weight": (V, d)})]
-    shards += [(f"model-layer{i:03d}.safetensors", _layer_tensors(cfg, i)) for i in range(cfg.num_hidden_layers)]
+    shards = {}   # file name -> {tensor name: shape}: the tensors outside the layers, then one file per layer
+    for t in C.tensors(cfg, "training" if cfg.num_experts else "dense"):
+        fname = "model-embed.safetensors" if t.layer is None else f"model-layer{t.layer:03d}.safetensors"
+        shards.setdefault(fname, {})[t.name] = t.shape
     weight_map, total = {}, 0
-    for fname, spec in shards:
+    for fname, spec in shards.items():
         tensors = {}
         for n, shape in spec.items():
             t = rand(shape)
-            if n == "model.embed_tokens.weight":
+            if n == C.EMBED:
                 t = (t.float() * math.sqrt(d)).to(dtype)   # unit-scale embeddings, as trained models have
             tensors[n] = t
         save_file(tensors, str(directory / fname), metadata={"format": "pt"})
@@ -124,26 +110,20 @@ def verify(out: pathlib.Path, ckpt: pathlib.Path, ids: list[int]) -> float:
     """Dequantized LUT rows of a few tokens vs the exact fp32 rows; returns max |error| / max |row|."""
     import gguf
     from mole_convert.checkpoint import load_checkpoint
-    from mole_convert.model import compute_lut_rows
+    from mole_convert.model import compute_lut_rows, expert_params
     from mole_convert.quantize import dequantize
 
     ck = load_checkpoint(ckpt)
     r = gguf.GGUFReader(out)
-    lut = next(t for t in r.tensors if t.name == "lut.weight")
-    if r.tensors[-1].name != "lut.weight":
-        raise SystemExit("lut.weight is not the last tensor")
+    lut = next(t for t in r.tensors if t.name == G.TENSOR_LUT)
+    if r.tensors[-1].name != G.TENSOR_LUT:
+        raise SystemExit(f"{G.TENSOR_LUT} is not the last tensor")
     n = int(lut.shape[0])
     data = np.asarray(lut.data).view(np.uint8).reshape(int(lut.shape[1]), -1)
     got = dequantize(data[ids], lut.tensor_type.name.lower(), n)
-    embed = ck.get("model.embed_tokens.weight")[ids]
-    cfg = ck.config
-    rows = []
-    for i in range(cfg.num_hidden_layers):   # one layer's experts at a time
-        p = f"model.layers.{i}."
-        one = {"expert_layernorm": ck.get(p + "expert_layernorm.weight"), "eps": cfg.rms_norm_eps,
-               "up": [ck.get(p + f"experts.{j}.up_proj.weight") for j in range(cfg.num_experts)],
-               "down": [ck.get(p + f"experts.{j}.down_proj.weight") for j in range(cfg.num_experts)]}
-        rows.append(compute_lut_rows(embed, [one]))
+    embed = ck.get(C.EMBED)[ids]
+    rows = [compute_lut_rows(embed, [expert_params(ck.get, ck.config, i)])   # one layer's experts at a time
+            for i in range(ck.config.num_hidden_layers)]
     exact = torch.cat(rows, dim=1).numpy()
     return float(np.abs(got - exact).max() / np.abs(exact).max())
 

@@ -9,16 +9,11 @@ import time
 import numpy as np
 import torch
 
+from mole import gguf_names as G
+from mole_convert import checkpoint_names as C
 from mole_convert.config import MoleConfig
 from mole_convert.model import MoleForCausalLM, apply_rope, mlp, rms_norm, rope_cos_sin
 from mole_convert.quantize import dequantize
-
-# GGUF tensor name -> HF parameter name ({i} = layer).
-_LAYER_NAMES = {
-    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
-    "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj", "ffn_gate_inp": "router",
-}
 
 
 class TorchPeer:
@@ -33,49 +28,40 @@ class TorchPeer:
             f = r.fields.get(k)
             return default if f is None else f.contents()
 
-        if key("general.architecture") != "mole":
+        if key(G.KEY_ARCHITECTURE) != G.ARCH:
             raise ValueError(f"{path}: not a mole GGUF")
         rs = None
-        if key("mole.rope.scaling.type") is not None:
-            rs = {"type": key("mole.rope.scaling.type"), "factor": float(key("mole.rope.scaling.factor"))}
-        N = int(key("mole.expert_count", 0))
-        cfg = MoleConfig(vocab_size=int(key("mole.vocab_size")), hidden_size=int(key("mole.embedding_length")),
-                         intermediate_size=int(key("mole.feed_forward_length")),
-                         num_hidden_layers=int(key("mole.block_count")),
-                         num_attention_heads=int(key("mole.attention.head_count")),
-                         num_key_value_heads=int(key("mole.attention.head_count_kv")), num_experts=N,
-                         expert_intermediate_size=int(key("mole.expert_feed_forward_length", 0)) or None,
-                         max_position_embeddings=max(n_ctx, int(key("mole.context_length"))),
-                         rms_norm_eps=float(key("mole.attention.layer_norm_rms_epsilon")),
-                         rope_theta=float(key("mole.rope.freq_base")), rope_scaling=rs)
+        if key(G.KEY_ROPE_SCALING_TYPE) is not None:
+            rs = {"type": key(G.KEY_ROPE_SCALING_TYPE), "factor": float(key(G.KEY_ROPE_SCALING_FACTOR))}
+        N = int(key(G.KEY_EXPERT_COUNT, 0))
+        cfg = MoleConfig(vocab_size=int(key(G.KEY_VOCAB_SIZE)), hidden_size=int(key(G.KEY_EMBEDDING_LENGTH)),
+                         intermediate_size=int(key(G.KEY_FEED_FORWARD_LENGTH)),
+                         num_hidden_layers=int(key(G.KEY_BLOCK_COUNT)),
+                         num_attention_heads=int(key(G.KEY_HEAD_COUNT)),
+                         num_key_value_heads=int(key(G.KEY_HEAD_COUNT_KV)), num_experts=N,
+                         expert_intermediate_size=int(key(G.KEY_EXPERT_FEED_FORWARD_LENGTH, 0)) or None,
+                         max_position_embeddings=max(n_ctx, int(key(G.KEY_CONTEXT_LENGTH))),
+                         rms_norm_eps=float(key(G.KEY_RMS_EPS)),
+                         rope_theta=float(key(G.KEY_ROPE_FREQ_BASE)), rope_scaling=rs)
         self.cfg = cfg
         sd, lut = {}, None
         for t in r.tensors:
-            if t.name == "lut.weight":
+            if t.name == G.TENSOR_LUT:
                 lut = t
                 continue
-            w = torch.from_numpy(self._f32(t))
-            if t.name == "token_embd.weight":
-                sd["model.embed_tokens.weight"] = w
-            elif t.name == "output.weight":
-                sd["lm_head.weight"] = w
-            elif t.name == "output_norm.weight":
-                sd["model.norm.weight"] = w
-            else:
-                _, i, short, _ = t.name.split(".")
-                sd[f"model.layers.{i}.{_LAYER_NAMES[short]}.weight"] = w
+            sd[C.from_gguf(t.name)] = torch.from_numpy(self._f32(t))
         # The model without its moe_table (a meta tensor: never allocated); the LUT is gathered from the file.
         with torch.device("meta"):
             model = MoleForCausalLM(cfg, form="reparam")
         missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
-        if unexpected or [k for k in missing if k != "model.moe_table.weight"]:
+        if unexpected or [k for k in missing if k != C.MOE_TABLE]:
             raise ValueError(f"{path}: tensors do not match the model: missing {missing}, unexpected {unexpected}")
         self.model = model.eval()
         L, d = cfg.num_hidden_layers, cfg.hidden_size
         self.lut_type, self.lut_n = None, L * N * d
         if N > 0:
             if lut is None:
-                raise ValueError(f"{path}: {N} experts but no lut.weight")
+                raise ValueError(f"{path}: {N} experts but no {G.TENSOR_LUT}")
             self.lut_type = lut.tensor_type.name.lower()
             self.lut_bytes = np.asarray(lut.data).view(np.uint8).reshape(cfg.vocab_size, -1)   # [V, row bytes], mmapped
             if full_lut:   # the whole table in memory, as nn.Embedding (small models / parity checks only)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from mole_convert import checkpoint_names as C
 from mole_convert.checkpoint import expected_shapes, load_checkpoint, save_checkpoint
 from mole_convert.config import MoleConfig
 from mole_convert.errors import CheckpointError, ConvertError
@@ -51,7 +52,7 @@ def test_half_precision_storage(tmp_path, dtype):
     cfg = tiny_config()
     make_random_checkpoint(tmp_path, cfg, seed=2, dtype=dtype)
     ckpt = load_checkpoint(tmp_path)
-    name = "model.layers.1.experts.2.up_proj.weight"
+    name = C.name(C.EXPERT_UP, 1, 2)
     raw = load_file(tmp_path / "model.safetensors")[name]
     assert raw.dtype == dtype and ckpt.dtype(name) == dtype
     assert torch.equal(ckpt.get(name, None), raw)
@@ -96,8 +97,8 @@ def test_pytorch_model_bin_with_legacy_rotary_buffers(tmp_path):
     ckpt = load_checkpoint(out)
     assert ckpt.form == "reparam"
     assert "model.layers.0.self_attn.rotary_emb.inv_freq" not in ckpt.names()
-    assert ckpt.shape("model.moe_table.weight") == (cfg.vocab_size, 2 * 4 * 64)
-    assert torch.equal(ckpt.get("model.moe_table.weight"), sd["model.moe_table.weight"].half().float())
+    assert ckpt.shape(C.MOE_TABLE) == (cfg.vocab_size, 2 * 4 * 64)
+    assert torch.equal(ckpt.get(C.MOE_TABLE), sd[C.MOE_TABLE].half().float())
 
 
 @pytest.mark.parametrize("storage", ["safetensors", "bin"])
@@ -109,20 +110,20 @@ def test_get_rows_reads_a_row_range(tmp_path, storage):
         (tmp_path / "model.safetensors").unlink()
         torch.save(sd, tmp_path / "pytorch_model.bin")
     ckpt = load_checkpoint(tmp_path)
-    full = ckpt.get("model.moe_table.weight")
-    assert torch.equal(ckpt.get_rows("model.moe_table.weight", 100, 137), full[100:137])
-    assert ckpt.get_rows("model.moe_table.weight", 5, 5).shape == (0, full.shape[1])
-    assert ckpt.get_rows("model.moe_table.weight", 0, 2, None).dtype == torch.bfloat16
+    full = ckpt.get(C.MOE_TABLE)
+    assert torch.equal(ckpt.get_rows(C.MOE_TABLE, 100, 137), full[100:137])
+    assert ckpt.get_rows(C.MOE_TABLE, 5, 5).shape == (0, full.shape[1])
+    assert ckpt.get_rows(C.MOE_TABLE, 0, 2, None).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="row range"):
-        ckpt.get_rows("model.moe_table.weight", 500, 513)
+        ckpt.get_rows(C.MOE_TABLE, 500, 513)
     with pytest.raises(ValueError, match="row range"):
-        ckpt.get_rows("model.norm.weight", 0, 1)
+        ckpt.get_rows(C.OUTPUT_NORM, 0, 1)
 
 
 def test_get_keeps_no_mapping_of_the_file(tmp_path):
     make_random_checkpoint(tmp_path, tiny_config(), seed=5)
     ckpt = load_checkpoint(tmp_path)
-    t = ckpt.get("model.embed_tokens.weight")
+    t = ckpt.get(C.EMBED)
     maps = open("/proc/self/maps").read() if os.path.exists("/proc/self/maps") else ""
     assert str(tmp_path / "model.safetensors") not in maps
     assert t.shape == (512, 64)

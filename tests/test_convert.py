@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from mole import gguf_names as G
+from mole_convert import checkpoint_names as C
 from mole_convert.checkpoint import load_checkpoint
 from mole_convert.convert import convert, main_convert, temp_path
 from mole_convert.errors import ConvertError
@@ -101,7 +102,7 @@ def test_streaming_with_small_budget_matches(ckpts, f32_lut):
     rows = np.concatenate([r.view(np.float32) for _, r in s.chunks()])
     assert_rows_close(rows, f32_lut)
     n_chunks = -(-ck.config.vocab_size // s.plan.chunk_tokens)
-    assert calls.count("model.layers.0.experts.0.up_proj.weight") == n_chunks
+    assert calls.count(C.name(C.EXPERT_UP, 0, 0)) == n_chunks
 
 
 def test_plan_at_real_scale_is_bounded():
@@ -153,18 +154,14 @@ def test_round_trip_training_form(ckpts, tmp_path, weight_type, tol):
     assert all(x.data_offset % 4096 == 0 for x in r.tensors)
     mapped = 0
     for ckpt_name in ck.names():
-        if ".experts." in ckpt_name or "expert_layernorm" in ckpt_name:
+        template, i, _ = C.match(ckpt_name)
+        if template in C.EXPERT_TENSORS:
             continue
-        parts = ckpt_name.split(".")
-        template = ".".join("{i}" if p.isdigit() else p for p in parts)
-        gname = G.CHECKPOINT_TO_GGUF[template].format(i=int(parts[2])) if "{i}" in template \
-            else G.CHECKPOINT_TO_GGUF[template]
+        gname = C.name(C.TO_GGUF[template], i)
         x = t[gname]
         w = ck.get(ckpt_name).numpy()
         assert [int(s) for s in x.shape] == list(reversed(w.shape)), gname   # ggml: ne0 first
-        f32_only = template.replace("model.layers.{i}.", "") in ("input_layernorm.weight", "router.weight",
-                                                                 "post_attention_layernorm.weight") \
-            or ckpt_name == "model.norm.weight"
+        f32_only = template in (C.ATTN_NORM, C.FFN_NORM, C.ROUTER, C.OUTPUT_NORM)
         want = "F32" if f32_only else weight_type.upper()
         assert x.tensor_type.name == want, gname
         got = dequant(x)
@@ -179,7 +176,7 @@ def test_round_trip_training_form(ckpts, tmp_path, weight_type, tol):
 def test_reparam_form_copies_moe_table(ckpts, tmp_path, f32_lut):
     out = convert(ckpts.reparam, tmp_path / "m.gguf", lut_type="f32", progress=False)
     _, f, t = read(out)
-    table = load_checkpoint(ckpts.reparam).get("model.moe_table.weight").numpy()
+    table = load_checkpoint(ckpts.reparam).get(C.MOE_TABLE).numpy()
     got = lut_bytes(t[G.TENSOR_LUT]).view(np.float32)
     assert np.array_equal(got, table)                 # copied bit for bit
     assert_rows_close(got, f32_lut)                   # same model as the training form
@@ -188,7 +185,7 @@ def test_reparam_form_copies_moe_table(ckpts, tmp_path, f32_lut):
 
 def test_reparam_form_quantized_in_chunks(ckpts, tmp_path):
     out = convert(ckpts.reparam, tmp_path / "m.gguf", lut_type="q4_0", chunk_tokens=50, progress=False)
-    table = load_checkpoint(ckpts.reparam).get("model.moe_table.weight").numpy()
+    table = load_checkpoint(ckpts.reparam).get(C.MOE_TABLE).numpy()
     got = lut_bytes(read(out)[2][G.TENSOR_LUT])
     expect = np.ascontiguousarray(gguf.quants.quantize(table, ggml_type("q4_0"))).view(np.uint8)
     assert np.array_equal(got, expect.reshape(got.shape))
@@ -200,7 +197,7 @@ def test_dense_form_has_no_lut_and_no_router(ckpts, tmp_path):
     assert f[G.KEY_EXPERT_COUNT] == 0 and f[G.KEY_EXPERT_FEED_FORWARD_LENGTH] == 0
     assert G.TENSOR_LUT not in t and not any("ffn_gate_inp" in n for n in t)
     assert len(t) == 3 + 8 * ckpts.dense_cfg.num_hidden_layers      # embd, output_norm, output + 8 per layer
-    w = load_checkpoint(ckpts.dense).get("lm_head.weight").numpy()
+    w = load_checkpoint(ckpts.dense).get(C.OUTPUT).numpy()
     assert np.array_equal(dequant(t[G.TENSOR_OUTPUT]), w)
 
 

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from mole_convert import checkpoint_names as C
 from mole_convert.checkpoint import expected_shapes
 from mole_convert.model import MoleForCausalLM, compute_lut_rows, layer_params_from, reparameterize
 from mole_convert.testing import random_model, random_state_dict, tiny_config
@@ -32,14 +33,16 @@ def naive_logits(sd, cfg, ids):
         return out
 
     S = len(ids)
-    e = [W["model.embed_tokens.weight"][t] for t in ids]
+    e = [W[C.EMBED][t] for t in ids]
     x = list(e)
     for l in range(cfg.num_hidden_layers):
-        p = f"model.layers.{l}."
-        xn = [norm(v, W[p + "input_layernorm.weight"]) for v in x]
-        q = [W[p + "self_attn.q_proj.weight"] @ v for v in xn]
-        k = [W[p + "self_attn.k_proj.weight"] @ v for v in xn]
-        val = [W[p + "self_attn.v_proj.weight"] @ v for v in xn]
+        def lw(template, j=None, layer=l):   # this layer's tensor (expert j)
+            return W[C.name(template, layer, j)]
+
+        xn = [norm(v, lw(C.ATTN_NORM)) for v in x]
+        q = [lw(C.ATTN_Q) @ v for v in xn]
+        k = [lw(C.ATTN_K) @ v for v in xn]
+        val = [lw(C.ATTN_V) @ v for v in xn]
         a = []
         for s in range(S):
             heads = []
@@ -50,21 +53,21 @@ def naive_logits(sd, cfg, ids):
                 w = torch.exp(scores - scores.max())
                 w = w / w.sum()
                 heads.append(sum(w[t] * val[t][g * hd:(g + 1) * hd] for t in range(s + 1)))
-            a.append(x[s] + W[p + "self_attn.o_proj.weight"] @ torch.cat(heads))
+            a.append(x[s] + lw(C.ATTN_OUT) @ torch.cat(heads))
         x = []
         for s in range(S):
-            h = norm(a[s], W[p + "post_attention_layernorm.weight"])
-            out = a[s] + W[p + "mlp.down_proj.weight"] @ gelu(W[p + "mlp.up_proj.weight"] @ h)
+            h = norm(a[s], lw(C.FFN_NORM))
+            out = a[s] + lw(C.FFN_DOWN) @ gelu(lw(C.FFN_UP) @ h)
             if N:
-                r = W[p + "router.weight"] @ h
+                r = lw(C.ROUTER) @ h
                 g = torch.exp(r - r.max())
                 g = g / g.sum()
-                en = norm(e[s], W[p + "expert_layernorm.weight"])
+                en = norm(e[s], lw(C.EXPERT_NORM))
                 for j in range(N):
-                    ex = W[p + f"experts.{j}.down_proj.weight"] @ gelu(W[p + f"experts.{j}.up_proj.weight"] @ en)
+                    ex = lw(C.EXPERT_DOWN, j) @ gelu(lw(C.EXPERT_UP, j) @ en)
                     out = out + g[j] * ex
             x.append(out)
-    return torch.stack([W["lm_head.weight"] @ norm(v, W["model.norm.weight"]) for v in x])
+    return torch.stack([W[C.OUTPUT] @ norm(v, W[C.OUTPUT_NORM]) for v in x])
 
 
 CONFIGS = {
@@ -95,8 +98,8 @@ def test_training_and_reparam_forms_agree_float32(name):
     cfg = CONFIGS[name]
     model = random_model(cfg, seed=1)
     rep = reparameterize(model)
-    assert rep.form == "reparam" and "model.moe_table.weight" in rep.state_dict()
-    assert not any(".experts." in k or "expert_layernorm" in k for k in rep.state_dict())
+    assert rep.form == "reparam" and C.MOE_TABLE in rep.state_dict()
+    assert not any(C.match(k)[0] in C.EXPERT_TENSORS for k in rep.state_dict())
     ids = torch.randint(0, cfg.vocab_size, (3, 19), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         a, b = model(ids), rep(ids)
@@ -124,7 +127,7 @@ def test_compute_lut_rows_accepts_stacked_expert_weights():
     sd = model.state_dict()
     params = layer_params_from(sd.__getitem__, cfg)
     stacked = [dict(p, up=torch.stack(p["up"]), down=torch.stack(p["down"])) for p in params]
-    embed = sd["model.embed_tokens.weight"][10:20]
+    embed = sd[C.EMBED][10:20]
     rows = compute_lut_rows(embed, params)
     assert rows.shape == (10, cfg.num_hidden_layers * cfg.num_experts * cfg.hidden_size)
     assert torch.equal(rows, compute_lut_rows(embed, stacked))
@@ -137,7 +140,7 @@ def test_dense_model_has_no_expert_parameters():
     model = MoleForCausalLM(cfg)
     assert model.form == "dense"
     names = set(model.state_dict())
-    assert not any("router" in n or "expert" in n or "moe_table" in n for n in names)
+    assert not any(C.match(n)[0] in (C.ROUTER, C.MOE_TABLE, *C.EXPERT_TENSORS) for n in names)
     assert reparameterize(model) is not model
 
 

@@ -11,10 +11,9 @@ import tempfile
 
 import torch
 
+from . import checkpoint_names as C
 from .config import MoleConfig
 from .errors import CheckpointError
-
-FORMS = ("training", "reparam", "dense")
 
 # safetensors dtype code -> (torch dtype, bytes per element)
 _ST_DTYPES = {"F32": (torch.float32, 4), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),
@@ -24,34 +23,7 @@ _MAX_HEADER = 256 << 20  # a safetensors header larger than this is not a checkp
 
 def expected_shapes(config: MoleConfig, form: str) -> dict[str, tuple[int, ...]]:
     """Every tensor a checkpoint of this config and form holds, with its shape ([out, in] for matrices)."""
-    if form not in FORMS:
-        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-    V, d, D, L, N = (config.vocab_size, config.hidden_size, config.intermediate_size,
-                     config.num_hidden_layers, config.num_experts)
-    hd, H, Hkv, De = config.head_dim, config.num_attention_heads, config.num_key_value_heads, config.n_ff_expert
-    s = {"model.embed_tokens.weight": (V, d)}
-    for i in range(L):
-        p = f"model.layers.{i}."
-        s[p + "input_layernorm.weight"] = (d,)
-        s[p + "self_attn.q_proj.weight"] = (H * hd, d)
-        s[p + "self_attn.k_proj.weight"] = (Hkv * hd, d)
-        s[p + "self_attn.v_proj.weight"] = (Hkv * hd, d)
-        s[p + "self_attn.o_proj.weight"] = (d, H * hd)
-        s[p + "post_attention_layernorm.weight"] = (d,)
-        s[p + "mlp.up_proj.weight"] = (D, d)
-        s[p + "mlp.down_proj.weight"] = (d, D)
-        if form != "dense":
-            s[p + "router.weight"] = (N, d)
-        if form == "training":
-            s[p + "expert_layernorm.weight"] = (d,)
-            for j in range(N):
-                s[p + f"experts.{j}.up_proj.weight"] = (De, d)
-                s[p + f"experts.{j}.down_proj.weight"] = (d, De)
-    s["model.norm.weight"] = (d,)
-    s["lm_head.weight"] = (V, d)
-    if form == "reparam":
-        s["model.moe_table.weight"] = (V, L * N * d)
-    return s
+    return {t.name: t.shape for t in C.tensors(config, form)}
 
 
 def _ignorable(name: str) -> bool:
@@ -238,17 +210,17 @@ def _index_tensors(directory: pathlib.Path) -> dict[str, tuple]:
 def _detect_form(config: MoleConfig, names) -> str:
     if config.num_experts == 0:
         return "dense"
-    has_table = "model.moe_table.weight" in names
-    has_experts = any(".experts." in n or ".expert_layernorm." in n for n in names)
+    has_table = C.MOE_TABLE in names
+    has_experts = any((m := C.match(n)) is not None and m[0] in C.EXPERT_TENSORS for n in names)
     if has_table and has_experts:
-        raise CheckpointError("checkpoint holds both experts (training form) and 'model.moe_table.weight' "
+        raise CheckpointError(f"checkpoint holds both experts (training form) and '{C.MOE_TABLE}' "
                               "(re-parameterized form); keep one")
     if has_table:
         return "reparam"
     if has_experts:
         return "training"
     raise CheckpointError(f"config says num_experts={config.num_experts} but the checkpoint has neither "
-                          "expert tensors nor 'model.moe_table.weight'")
+                          f"expert tensors nor '{C.MOE_TABLE}'")
 
 
 def load_checkpoint(directory) -> Checkpoint:

@@ -10,6 +10,7 @@ import gguf
 
 from mole import gguf_names as G
 
+from . import checkpoint_names as C
 from .checkpoint import Checkpoint
 from .errors import ConvertError
 from .progress import Progress
@@ -18,16 +19,6 @@ from .tokenizer_meta import TokenizerMeta
 
 WEIGHT_TYPES = ("f32", "f16", "bf16", "q8_0")
 LUT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
-
-# checkpoint per-layer names in file order, from the shared table (router only in MoLE forms)
-_LAYER_ORDER = (
-    "model.layers.{i}.input_layernorm.weight", "model.layers.{i}.self_attn.q_proj.weight",
-    "model.layers.{i}.self_attn.k_proj.weight", "model.layers.{i}.self_attn.v_proj.weight",
-    "model.layers.{i}.self_attn.o_proj.weight", "model.layers.{i}.post_attention_layernorm.weight",
-    "model.layers.{i}.router.weight", "model.layers.{i}.mlp.up_proj.weight",
-    "model.layers.{i}.mlp.down_proj.weight",
-)
-
 
 @dataclass
 class PlannedTensor:
@@ -54,16 +45,12 @@ def plan_tensors(ckpt: Checkpoint, weight_type: str) -> TensorPlan:
     (f16 when a row is not a whole number of weight_type blocks)."""
     if weight_type not in WEIGHT_TYPES:
         raise ValueError(f"weight type {weight_type!r} is not one of {', '.join(WEIGHT_TYPES)}")
-    entries = [("model.embed_tokens.weight", None)]
-    for i in range(ckpt.config.num_hidden_layers):
-        entries += [(t, i) for t in _LAYER_ORDER if not (ckpt.form == "dense" and ".router." in t)]
-    entries += [("model.norm.weight", None), ("lm_head.weight", None)]
     plan = TensorPlan([])
-    for template, i in entries:
-        gtemplate = G.CHECKPOINT_TO_GGUF[template]
-        name, gname = (template, gtemplate) if i is None else (template.format(i=i), gtemplate.format(i=i))
+    for entry, name, gname, _, _ in C.tensors(ckpt.config, ckpt.form):
+        if gname is None or gname == G.TENSOR_LUT:   # consumed by the LUT, or the LUT (streamed last)
+            continue
         shape = tuple(ckpt.shape(name))
-        if gtemplate in G.F32_TENSORS or len(shape) == 1:
+        if entry.gguf in G.F32_TENSORS or len(shape) == 1:
             t = "f32"
         elif can_quantize(weight_type, shape[-1]):
             t = weight_type

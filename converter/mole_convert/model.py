@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import checkpoint_names as C
 from .config import MoleConfig
 
 FORMS = ("training", "reparam")
@@ -135,6 +136,9 @@ class MoleModel(nn.Module):
             self.moe_table = nn.Embedding(V, L * N * d)  # [V, L*N*d], order vocab -> layer -> expert -> hidden
 
 
+_RESIDUAL_OUT = (C.ATTN_OUT, C.FFN_DOWN, C.EXPERT_DOWN)   # matrices that write into the residual stream
+
+
 class MoleForCausalLM(nn.Module):
     def __init__(self, config: MoleConfig, form: str = "training"):
         super().__init__()
@@ -178,9 +182,9 @@ class MoleForCausalLM(nn.Module):
         resid_std = std / math.sqrt(2 * self.config.num_hidden_layers)
         with torch.no_grad():
             for name, p in self.named_parameters():
-                if name.endswith("layernorm.weight") or name == "model.norm.weight":
+                if p.dim() == 1:   # the norms (nothing else is a vector: no biases)
                     p.fill_(1.0)
-                elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                elif (C.match(name) or ("",))[0] in _RESIDUAL_OUT:
                     p.copy_(torch.randn(p.shape, generator=gen) * resid_std)
                 else:
                     p.copy_(torch.randn(p.shape, generator=gen) * std)
@@ -210,18 +214,20 @@ def compute_lut_rows(embed: torch.Tensor, layer_params: Sequence[dict]) -> torch
     return torch.stack(out, dim=1).reshape(T, -1)
 
 
+def expert_params(get: Callable[[str], torch.Tensor], config: MoleConfig, i: int, dtype=torch.float32) -> dict:
+    """compute_lut_rows' params of layer i, from training-form tensors via get(name) (e.g. Checkpoint.get)."""
+    N = config.num_experts
+    return {
+        "expert_layernorm": get(C.name(C.EXPERT_NORM, i)).to(dtype),                          # [d]
+        "eps": config.rms_norm_eps,
+        "up": [get(C.name(C.EXPERT_UP, i, j)).to(dtype) for j in range(N)],                   # N x [De, d]
+        "down": [get(C.name(C.EXPERT_DOWN, i, j)).to(dtype) for j in range(N)],               # N x [d, De]
+    }
+
+
 def layer_params_from(get: Callable[[str], torch.Tensor], config: MoleConfig, dtype=torch.float32) -> list[dict]:
-    """Collect compute_lut_rows' layer_params from training-form tensors via get(name) (e.g. Checkpoint.get)."""
-    params = []
-    for i in range(config.num_hidden_layers):
-        params.append({
-            "expert_layernorm": get(f"model.layers.{i}.expert_layernorm.weight").to(dtype),
-            "eps": config.rms_norm_eps,
-            "up": [get(f"model.layers.{i}.experts.{j}.up_proj.weight").to(dtype) for j in range(config.num_experts)],
-            "down": [get(f"model.layers.{i}.experts.{j}.down_proj.weight").to(dtype)
-                     for j in range(config.num_experts)],
-        })
-    return params
+    """compute_lut_rows' layer_params of every layer (expert_params for each)."""
+    return [expert_params(get, config, i, dtype) for i in range(config.num_hidden_layers)]
 
 
 @torch.no_grad()
@@ -235,8 +241,8 @@ def reparameterize(model: MoleForCausalLM) -> MoleForCausalLM:
     cfg = model.config
     weight = model.model.embed_tokens.weight
     rep = MoleForCausalLM(cfg, form="reparam").to(dtype=weight.dtype, device=weight.device)
-    sd = {k: v for k, v in model.state_dict().items() if ".experts." not in k and "expert_layernorm" not in k}
+    sd = {k: v for k, v in model.state_dict().items() if C.match(k)[0] not in C.EXPERT_TENSORS}
     params = layer_params_from(lambda n: model.get_parameter(n), cfg, dtype=weight.dtype)
-    sd["model.moe_table.weight"] = compute_lut_rows(weight, params)
+    sd[C.MOE_TABLE] = compute_lut_rows(weight, params)
     rep.load_state_dict(sd, strict=True)
     return rep

@@ -13,12 +13,12 @@ import torch
 
 from .checkpoint import Checkpoint
 from .errors import ConvertError
-from .model import compute_lut_rows
+from . import checkpoint_names as C
+from .model import compute_lut_rows, expert_params
 from .progress import Progress
 from .quantize import block_size, quantize, row_bytes
 
 DEFAULT_MEMORY_BUDGET = 1536 << 20   # bytes for weights held + chunk buffers (peak RSS adds ~0.5 GB of runtime)
-MOE_TABLE = "model.moe_table.weight"
 
 _F32 = 4
 
@@ -62,7 +62,7 @@ def plan_lut(ckpt: Checkpoint, lut_type: str, chunk_tokens: int | None = None,
         per_token = rb + 2 * g * N * d * _F32 + 2 * De * _F32 + 2 * d * _F32
     else:
         g, keep = L, False
-        src = ckpt.dtype(MOE_TABLE).itemsize
+        src = ckpt.dtype(C.MOE_TABLE).itemsize
         fixed = 0
         per_token = rb + row_len * (src + _F32)
     if chunk_tokens is None:
@@ -84,13 +84,7 @@ class _Experts:
     def layer(self, i: int) -> dict:
         if i in self._cache:
             return self._cache[i]
-        c, get = self.ckpt.config, self.ckpt.get
-        p = {
-            "expert_layernorm": get(f"model.layers.{i}.expert_layernorm.weight"),                # [d]
-            "eps": c.rms_norm_eps,
-            "up": [get(f"model.layers.{i}.experts.{j}.up_proj.weight") for j in range(c.num_experts)],    # N x [De, d]
-            "down": [get(f"model.layers.{i}.experts.{j}.down_proj.weight") for j in range(c.num_experts)],  # N x [d, De]
-        }
+        p = expert_params(self.ckpt.get, self.ckpt.config, i)
         if self.keep:
             self._cache[i] = p
         return p
@@ -139,7 +133,7 @@ class LutStream:
         p, ckpt = self.plan, self.ckpt
         V, L, N, d, De = _lut_shape(ckpt)
         experts = _Experts(ckpt, p.keep_weights)
-        embed = ckpt.get("model.embed_tokens.weight")                     # [V, d] f32
+        embed = ckpt.get(C.EMBED)                     # [V, d] f32
         groups = [(l0, min(l0 + p.layers_per_group, L)) for l0 in range(0, L, p.layers_per_group)]
         with torch.no_grad():
             for a in range(0, V, p.chunk_tokens):
@@ -159,7 +153,7 @@ class LutStream:
         p = self.plan
         for a in range(0, p.vocab, p.chunk_tokens):
             b = min(a + p.chunk_tokens, p.vocab)
-            rows = self.ckpt.get_rows(MOE_TABLE, a, b)                    # [T, L*N*d] f32
+            rows = self.ckpt.get_rows(C.MOE_TABLE, a, b)                    # [T, L*N*d] f32
             out = quantize(rows.numpy(), p.lut_type)                      # [T, row_bytes]
             del rows
             bar.update(b - a)

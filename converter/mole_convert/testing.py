@@ -9,6 +9,7 @@ import pathlib
 
 import torch
 
+from . import checkpoint_names as C
 from .checkpoint import save_checkpoint
 from .config import MoleConfig
 from .model import MoleForCausalLM, reparameterize
@@ -53,13 +54,14 @@ def random_state_dict(config: MoleConfig, seed: int = 0) -> dict[str, torch.Tens
     model = MoleForCausalLM(config, form="training")
     sd = {}
     for name, p in model.state_dict().items():
+        template = C.match(name)[0]
         if p.dim() == 1:
             sd[name] = 1.0 + 0.1 * torch.randn(p.shape, generator=gen)
-        elif name == "model.embed_tokens.weight":
+        elif template == C.EMBED:
             sd[name] = torch.randn(p.shape, generator=gen)
-        elif name == "lm_head.weight":  # logits std ~3: a clear argmax for greedy-decoding parity tests
+        elif template == C.OUTPUT:  # logits std ~3: a clear argmax for greedy-decoding parity tests
             sd[name] = torch.randn(p.shape, generator=gen) * (3.0 / math.sqrt(p.shape[1]))
-        elif name.endswith("router.weight"):
+        elif template == C.ROUTER:
             sd[name] = torch.randn(p.shape, generator=gen) * (2.0 / math.sqrt(p.shape[1]))
         else:
             sd[name] = torch.randn(p.shape, generator=gen) / math.sqrt(p.shape[1])

@@ -1,7 +1,9 @@
-"""The GGUF key and tensor names of architecture `mole`, and the map from checkpoint names to them.
+"""The GGUF key and tensor names of architecture `mole`.
 
 This is the only place Python spells these names; runtime/src/names.h is the C++ twin and
-tests/test_names.py checks that the two agree. Pure Python: importable without numpy or torch.
+tests/test_names.py checks that the two agree (every str/int constant here has its twin there).
+The checkpoint names, and the map from them to these, are converter/mole_convert/checkpoint_names.py.
+Pure Python: importable without numpy or torch.
 """
 
 ARCH = "mole"
@@ -49,32 +51,10 @@ TENSOR_OUTPUT_NORM = "output_norm.weight"      # [d]
 TENSOR_OUTPUT = "output.weight"                # [d, V]
 TENSOR_LUT = "lut.weight"                      # [L*N*d, V], last tensor in the file
 
-# Checkpoint (authors' HF layout) name -> GGUF name. Experts and the expert norm are consumed by
-# the re-parameterization and never written; model.moe_table.weight becomes the LUT.
-CHECKPOINT_TO_GGUF = {
-    "model.embed_tokens.weight": TENSOR_TOKEN_EMBD,
-    "model.layers.{i}.input_layernorm.weight": TENSOR_ATTN_NORM,
-    "model.layers.{i}.self_attn.q_proj.weight": TENSOR_ATTN_Q,
-    "model.layers.{i}.self_attn.k_proj.weight": TENSOR_ATTN_K,
-    "model.layers.{i}.self_attn.v_proj.weight": TENSOR_ATTN_V,
-    "model.layers.{i}.self_attn.o_proj.weight": TENSOR_ATTN_OUT,
-    "model.layers.{i}.post_attention_layernorm.weight": TENSOR_FFN_NORM,
-    "model.layers.{i}.mlp.up_proj.weight": TENSOR_FFN_UP,
-    "model.layers.{i}.mlp.down_proj.weight": TENSOR_FFN_DOWN,
-    "model.layers.{i}.router.weight": TENSOR_ROUTER,
-    "model.norm.weight": TENSOR_OUTPUT_NORM,
-    "lm_head.weight": TENSOR_OUTPUT,
-    "model.moe_table.weight": TENSOR_LUT,
-}
-# Training-form names that feed the LUT.
-CKPT_EXPERT_NORM = "model.layers.{i}.expert_layernorm.weight"
-CKPT_EXPERT_UP = "model.layers.{i}.experts.{j}.up_proj.weight"      # [D_e, d]
-CKPT_EXPERT_DOWN = "model.layers.{i}.experts.{j}.down_proj.weight"  # [d, D_e]
-
 # Tensors that stay f32 whatever --weight-type says.
 F32_TENSORS = (TENSOR_ATTN_NORM, TENSOR_FFN_NORM, TENSOR_OUTPUT_NORM, TENSOR_ROUTER)
 
 
-def layer_name(template: str, i: int, j: int | None = None) -> str:
-    """Fill a {i}/{j} template."""
-    return template.format(i=i, j=j) if j is not None else template.format(i=i)
+def layer_name(template: str, i: int) -> str:
+    """Fill the {i} (layer) of a template."""
+    return template.format(i=i)
