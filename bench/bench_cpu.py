@@ -32,6 +32,8 @@ import common  # noqa: E402,F401  (puts the source tree's packages on sys.path w
 
 import numpy as np  # noqa: E402
 
+from mole import gguf_names as G  # noqa: E402
+
 RUNTIMES = ("mole", "llama", "torch")
 ORDER = ("mole", "dense", "llama", "torch", "mole-cold")   # one repeat runs these in this order
 LABELS = {"mole": "mole.cpp MoLE (LUT warm)", "mole-cold": "mole.cpp MoLE (LUT evicted)",
@@ -52,16 +54,16 @@ def gguf_layout(path: str | pathlib.Path, weights_f32: bool = False) -> dict:
     per_token = 0
     for t in r.tensors:
         rows = int(t.shape[1]) if len(t.shape) > 1 else 1
-        if t.name == "lut.weight":
+        if t.name == G.TENSOR_LUT:
             out.update(lut_offset=int(t.data_offset), lut_bytes=int(t.n_bytes), lut_row_bytes=int(t.n_bytes) // rows)
             per_token += int(t.n_bytes) // rows
-        elif t.name == "token_embd.weight":
+        elif t.name == G.TENSOR_TOKEN_EMBD:    # llama's name too
             per_token += (4 * int(t.n_elements) if weights_f32 else int(t.n_bytes)) // rows
             out["embd_bytes"] = int(t.n_bytes)
         else:
             per_token += 4 * int(t.n_elements) if weights_f32 else int(t.n_bytes)
     out["bytes_per_token"] = per_token
-    arch = r.fields["general.architecture"].contents()
+    arch = r.fields[G.KEY_ARCHITECTURE].contents()
     f = {k: int(r.fields[f"{arch}.{k}"].contents()) for k in ("block_count", "embedding_length",
                                                                "attention.head_count", "attention.head_count_kv")}
     kv_dim = f["embedding_length"] // f["attention.head_count"] * f["attention.head_count_kv"]
@@ -216,7 +218,7 @@ def pair_worker(path: str, dense: str, n_steps: int, threads: int, seed: int) ->
     import mole
 
     r = gguf.GGUFReader(path)
-    V = int(r.fields["mole.vocab_size"].contents())
+    V = int(r.fields[G.KEY_VOCAB_SIZE].contents())
     del r
     ids = np.random.default_rng(seed).choice(np.arange(1, V), size=8 + n_steps, replace=False).tolist()
     models = [mole.Model(p, n_ctx=len(ids) + 16, n_threads=threads) for p in (path, dense)]
@@ -241,7 +243,7 @@ def worker(runtime: str, path: str, prompt_len: int, n_gen: int, threads: int, s
     import gguf
 
     r = gguf.GGUFReader(path)
-    key = "mole.vocab_size" if "mole.vocab_size" in r.fields else "llama.vocab_size"
+    key = G.KEY_VOCAB_SIZE if G.KEY_VOCAB_SIZE in r.fields else "llama.vocab_size"   # a mole file or the llama twin
     V = int(r.fields[key].contents())
     del r
     prompt = np.random.default_rng(seed).integers(1, V, size=prompt_len).tolist()

@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 
+from mole import gguf_names as G
+
 Q8_BLOCK = 32   # Q8_0 quantizes rows in blocks of 32 values
 
 
@@ -40,17 +42,17 @@ def mole_hparams(mole_path: str | pathlib.Path) -> dict:
             return default
         return f.contents()
 
-    if get("general.architecture") != "mole":
-        raise ValueError(f"{mole_path}: not a mole GGUF (general.architecture = {get('general.architecture')!r})")
-    hp = dict(V=int(get("mole.vocab_size")), d=int(get("mole.embedding_length")), L=int(get("mole.block_count")),
-              D=int(get("mole.feed_forward_length")), H=int(get("mole.attention.head_count")),
-              Hkv=int(get("mole.attention.head_count_kv")), n_ctx=int(get("mole.context_length")),
-              eps=float(get("mole.attention.layer_norm_rms_epsilon")), theta=float(get("mole.rope.freq_base")))
-    hp["tokens"] = get("tokenizer.ggml.tokens")
-    hp["token_type"] = get("tokenizer.ggml.token_type")
-    hp["merges"] = get("tokenizer.ggml.merges", [])
-    hp["bos"] = int(get("tokenizer.ggml.bos_token_id", 0))
-    hp["eos"] = int(get("tokenizer.ggml.eos_token_id", 0))
+    if get(G.KEY_ARCHITECTURE) != G.ARCH:
+        raise ValueError(f"{mole_path}: not a mole GGUF ({G.KEY_ARCHITECTURE} = {get(G.KEY_ARCHITECTURE)!r})")
+    hp = dict(V=int(get(G.KEY_VOCAB_SIZE)), d=int(get(G.KEY_EMBEDDING_LENGTH)), L=int(get(G.KEY_BLOCK_COUNT)),
+              D=int(get(G.KEY_FEED_FORWARD_LENGTH)), H=int(get(G.KEY_HEAD_COUNT)),
+              Hkv=int(get(G.KEY_HEAD_COUNT_KV)), n_ctx=int(get(G.KEY_CONTEXT_LENGTH)),
+              eps=float(get(G.KEY_RMS_EPS)), theta=float(get(G.KEY_ROPE_FREQ_BASE)))
+    hp["tokens"] = get(G.KEY_TOKENS)
+    hp["token_type"] = get(G.KEY_TOKEN_TYPE)
+    hp["merges"] = get(G.KEY_MERGES, [])
+    hp["bos"] = int(get(G.KEY_BOS_ID, 0))
+    hp["eos"] = int(get(G.KEY_EOS_ID, 0))
     if len(hp["tokens"]) != hp["V"]:
         raise ValueError(f"{mole_path}: {len(hp['tokens'])} tokenizer tokens for vocab_size {hp['V']}")
     return hp

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import errors
+from . import gguf_names as G
 
 # For base models without a template: a plain transcript; generation stops when the model starts
 # the next user turn.
@@ -43,13 +44,13 @@ def render_chat(messages, template: str | None, model) -> tuple[str, list[str]]:
 
     env.globals["raise_exception"] = raise_exception
     md = model.metadata
-    tokens = md.get("tokenizer.ggml.tokens") or []
+    tokens = md.get(G.KEY_TOKENS) or []
 
     def tok(key):
         i = md.get(key)
         return tokens[i] if isinstance(i, int) and 0 <= i < len(tokens) else ""
 
-    specials = dict(bos_token=tok("tokenizer.ggml.bos_token_id"), eos_token=tok("tokenizer.ggml.eos_token_id"))
+    specials = dict(bos_token=tok(G.KEY_BOS_ID), eos_token=tok(G.KEY_EOS_ID))
     try:
         tpl = env.from_string(template or DEFAULT_TEMPLATE)
         text = tpl.render(messages=msgs, add_generation_prompt=True, **specials)

@@ -11,6 +11,7 @@ from typing import Iterator
 import numpy as np
 
 from . import _ffi, errors
+from . import gguf_names as G
 from .chat import render_chat
 from .stops import StopMatcher
 
@@ -326,7 +327,7 @@ class Model:
 
     def chat(self, messages, stream: bool = False, max_tokens: int = 256, **sampling):
         """OpenAI-shaped chat completion over the file's chat template (or a plain default)."""
-        template = self.metadata.get("tokenizer.chat_template")
+        template = self.metadata.get(G.KEY_CHAT_TEMPLATE)
         prompt, default_stops = render_chat(messages, template, self)
         stop = sampling.pop("stop", None)
         stops = ([stop] if isinstance(stop, str) else list(stop or [])) + default_stops
