@@ -65,6 +65,9 @@ class _Lib:
                 f"ABI mismatch: this mole package speaks ABI {ABI_VERSION}, the header says {header_abi} "
                 f"and {path} says {lib_abi}; reinstall mole so the library and package match")
         self.path = path
+        self.OK = self.lib.MOLE_STATUS_OK
+        self.BUFFER_TOO_SMALL = self.lib.MOLE_STATUS_BUFFER_TOO_SMALL
+        self.status_errors = {getattr(self.lib, name): cls for name, cls in _STATUS_CLASSES.items()}
 
 
 def get() -> _Lib:
@@ -77,31 +80,32 @@ def get() -> _Lib:
     return _loaded
 
 
-_STATUS_ERRORS = {
-    1: errors.InvalidArgumentError,
-    2: errors.ModelFileNotFoundError,
-    3: errors.ModelIOError,
-    4: errors.FormatError,
-    5: errors.ModelMemoryError,
-    6: errors.ContextFullError,
-    8: errors.UnsupportedError,
-    9: errors.CancelledError,
-    10: errors.BackendError,
+# The exception of each status, by the header's names: the values are the loaded library's (lib.MOLE_STATUS_*).
+# A status not listed (MOLE_STATUS_INTERNAL_ERROR) raises MoleError itself.
+_STATUS_CLASSES = {
+    "MOLE_STATUS_INVALID_ARGUMENT": errors.InvalidArgumentError,
+    "MOLE_STATUS_FILE_NOT_FOUND": errors.ModelFileNotFoundError,
+    "MOLE_STATUS_IO_ERROR": errors.ModelIOError,
+    "MOLE_STATUS_FORMAT_ERROR": errors.FormatError,
+    "MOLE_STATUS_OUT_OF_MEMORY": errors.ModelMemoryError,
+    "MOLE_STATUS_CONTEXT_FULL": errors.ContextFullError,
+    "MOLE_STATUS_UNSUPPORTED": errors.UnsupportedError,
+    "MOLE_STATUS_CANCELLED": errors.CancelledError,
+    "MOLE_STATUS_BACKEND_ERROR": errors.BackendError,
 }
-BUFFER_TOO_SMALL = 7
 
 
 def check(status: int, what: str = "") -> None:
     """Raise the exception for a non-OK status, carrying mole_last_error()."""
-    if status == 0:
-        return
     L = get()
+    if status == L.OK:
+        return
     msg = L.ffi.string(L.lib.mole_last_error()).decode("utf-8", "replace")
     if not msg:
         msg = L.ffi.string(L.lib.mole_status_string(status)).decode()
     if what:
         msg = f"{what}: {msg}"
-    raise _STATUS_ERRORS.get(status, errors.MoleError)(msg)
+    raise L.status_errors.get(status, errors.MoleError)(msg)
 
 
 def call_sized(fn, *args, initial: int = 256, kind: str = "char", what: str = ""):
@@ -112,8 +116,9 @@ def call_sized(fn, *args, initial: int = 256, kind: str = "char", what: str = ""
     while True:
         buf = L.ffi.new(f"{kind}[]", cap)
         st = fn(*args, buf, cap, n_out)
-        if st == BUFFER_TOO_SMALL and n_out[0] >= cap:
+        if st == L.BUFFER_TOO_SMALL and n_out[0] >= cap:
             cap = int(n_out[0]) + 1
             continue
         check(st, what)
         return buf, int(n_out[0])
+

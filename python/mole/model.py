@@ -15,7 +15,7 @@ from . import gguf_names as G
 from .chat import render_chat
 from .stops import StopMatcher
 
-_DEVICES = {"cpu": 0, "cuda": 1}
+_DEVICES = {"cpu": "MOLE_DEVICE_CPU", "cuda": "MOLE_DEVICE_CUDA"}   # device= -> the header's enum mole_device name
 
 
 class Model:
@@ -47,7 +47,7 @@ class Model:
 
         mparams = ffi.new("struct mole_model_params *")
         lib.mole_model_default_params(mparams)
-        mparams.device = _DEVICES[device]
+        mparams.device = getattr(lib, _DEVICES[device])
         out = ffi.new("struct mole_model **")
         _ffi.check(lib.mole_model_load(path.encode(), mparams, out), f"loading {path}")
         self._model = out[0]
