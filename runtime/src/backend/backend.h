@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "error.h"
 #include "types.h"
@@ -157,6 +158,9 @@ struct BackendInfo {
                            std::unique_ptr<WeightStore> *out);
     // A backend for one context over `weights` (which must outlive it).
     Status (*create)(const WeightStore &weights, const BackendParams &params, std::unique_ptr<Backend> *out);
+    // What device `device_index` is, for mole_system_info ("NVIDIA H200, sm_90, 150.1 GB"); after a
+    // successful probe.
+    std::string (*describe)(int32_t device_index);
 };
 
 // The backend of a device (enum mole_device), or null when this build has none.

@@ -6,11 +6,17 @@ namespace mole {
 namespace cpu {
 const BackendInfo *backend_info();
 }
+namespace cuda {
+const BackendInfo *backend_info();
+}
 
 namespace {
 const BackendInfo *const *table(int32_t *n) {
     static const BackendInfo *const backends[] = {
         cpu::backend_info(),
+#ifdef MOLE_HAVE_CUDA
+        cuda::backend_info(),
+#endif
     };
     *n = int32_t(sizeof backends / sizeof backends[0]);
     return backends;

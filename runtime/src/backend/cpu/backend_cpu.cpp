@@ -213,6 +213,8 @@ private:
 
 Status probe(int32_t) { return MOLE_STATUS_OK; }
 
+std::string describe(int32_t) { return std::string("kernels ") + isa_name(active_isa()); }
+
 Status load_weights(const Weight *const *ws, int32_t n, const MappedFile *file, int32_t,
                     std::unique_ptr<WeightStore> *out) {
     auto w = std::make_unique<CpuWeights>();
@@ -232,7 +234,7 @@ Status create(const WeightStore &weights, const BackendParams &params, std::uniq
 }  // namespace
 
 const BackendInfo *backend_info() {
-    static const BackendInfo info{MOLE_DEVICE_CPU, "cpu", probe, load_weights, create};
+    static const BackendInfo info{MOLE_DEVICE_CPU, "cpu", probe, load_weights, create, describe};
     return &info;
 }
 
