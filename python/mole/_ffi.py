@@ -122,3 +122,30 @@ def call_sized(fn, *args, initial: int = 256, kind: str = "char", what: str = ""
         check(st, what)
         return buf, int(n_out[0])
 
+
+def _fields(struct) -> dict:
+    """A params struct (cdata pointer) as {field: value}."""
+    return {name: getattr(struct, name) for name, _ in get().ffi.typeof(struct).item.fields}
+
+
+def sampler_defaults() -> dict:
+    """mole_sampler_default_params() as a dict (temperature, top_k, top_p, min_p, repeat_penalty,
+    repeat_last_n, seed): the library owns the sampling defaults, Python reads them."""
+    L = get()
+    p = L.ffi.new("struct mole_sampler_params *")
+    L.lib.mole_sampler_default_params(p)
+    return _fields(p)
+
+
+def context_defaults() -> dict:
+    """mole_context_default_params() as a dict (n_ctx 0 = the model's context_length, n_threads 0 = one per
+    physical core, n_batch, lut_cache_mb, n_seq_max)."""
+    L = get()
+    p = L.ffi.new("struct mole_context_params *")
+    L.lib.mole_context_default_params(p)
+    return _fields(p)
+
+
+def show(value) -> str:
+    """A default read from C for --help: a float32 0.8 reads as 0.8, not 0.800000011920929."""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)

@@ -10,31 +10,54 @@ import os
 import sys
 import time
 
-from . import errors
+from . import _ffi, errors
 
 _TORCH_HINT = "this command needs the converter: pip install 'mole-cpp[convert]'"
 
 
-def _add_model_args(p: argparse.ArgumentParser, ctx_default: int = 2048) -> None:
+def _library_defaults() -> tuple[dict, dict]:
+    """(sampling, context) defaults of the C library, which owns them; empty when libmole does not load
+    (--help still works, and running a model then reports why)."""
+    try:
+        return _ffi.sampler_defaults(), _ffi.context_defaults()
+    except errors.LibraryError:
+        return {}, {}
+
+
+def _default(defaults: dict, key: str) -> str:
+    """The library's default for --help ("from libmole" when the library did not load)."""
+    return _ffi.show(defaults[key]) if key in defaults else "from libmole"
+
+
+def _add_model_args(p: argparse.ArgumentParser, ctx: dict, ctx_default: int | None = None) -> None:
+    """Model and context options; None (the default) leaves a value to the library (ctx: its defaults)."""
     p.add_argument("-m", "--model", default=None, help="model .gguf (default: the bundled demo model)")
-    p.add_argument("-c", "--ctx", type=int, default=ctx_default, help=f"context length (default {ctx_default})")
-    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    p.add_argument("-c", "--ctx", type=int, default=ctx_default,
+                   help=f"context length (default {ctx_default})" if ctx_default is not None
+                   else "context length (default: the model's training context, mole.context_length)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: one per physical core)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="compute device (default cpu)")
-    p.add_argument("--lut-cache-mb", type=int, default=None, help="LUT row cache size in MB (0 disables)")
+    p.add_argument("--lut-cache-mb", type=int, default=None,
+                   help=f"LUT row cache size in MB, 0 disables (default {_default(ctx, 'lut_cache_mb')})")
 
 
-def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--temp", type=float, default=0.8, help="temperature; 0 = greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, default=40, help="top-k, 0 = off (default 40)")
-    p.add_argument("--top-p", type=float, default=0.95, help="top-p, 1 = off (default 0.95)")
-    p.add_argument("--min-p", type=float, default=0.05, help="min-p, 0 = off (default 0.05)")
-    p.add_argument("--repeat-penalty", type=float, default=1.1, help="repetition penalty, 1 = off (default 1.1)")
+def _add_sampling_args(p: argparse.ArgumentParser, d: dict) -> None:
+    """Sampling options; each default is None, which Model turns into the library's value (shown from d)."""
+    p.add_argument("--temp", type=float, default=None,
+                   help=f"temperature; 0 = greedy (default {_default(d, 'temperature')})")
+    p.add_argument("--top-k", type=int, default=None, help=f"top-k, 0 = off (default {_default(d, 'top_k')})")
+    p.add_argument("--top-p", type=float, default=None, help=f"top-p, 1 = off (default {_default(d, 'top_p')})")
+    p.add_argument("--min-p", type=float, default=None, help=f"min-p, 0 = off (default {_default(d, 'min_p')})")
+    p.add_argument("--repeat-penalty", type=float, default=None,
+                   help=f"repetition penalty, 1 = off (default {_default(d, 'repeat_penalty')})")
+    p.add_argument("--repeat-last-n", type=int, default=None,
+                   help=f"tokens the penalty looks back over (default {_default(d, 'repeat_last_n')})")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
 
 
 def _sampling(a) -> dict:
     return dict(temperature=a.temp, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
-                repeat_penalty=a.repeat_penalty, seed=a.seed)
+                repeat_penalty=a.repeat_penalty, repeat_last_n=a.repeat_last_n, seed=a.seed)
 
 
 def _open_model(a):
@@ -253,29 +276,30 @@ def _converter(name: str):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mole", description="Run and convert Mixture-of-Lookup-Experts models.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sampling, ctx = _library_defaults()
 
     sub.add_parser("convert", help="convert an HF MoLE checkpoint directory to .gguf", add_help=False)
     sub.add_parser("inspect", help="show a .gguf file's metadata, tensors and LUT size", add_help=False)
     sub.add_parser("train", help="train a MoLE (or dense) model on text files", add_help=False)
 
     r = sub.add_parser("run", help="complete one prompt, streamed")
-    _add_model_args(r)
+    _add_model_args(r, ctx)
     r.add_argument("-p", "--prompt", default=None, help="prompt text (default: read stdin)")
     r.add_argument("-n", "--n-predict", type=int, default=128, help="tokens to generate (default 128)")
     r.add_argument("-v", "--verbose", action="store_true", help="print counters to stderr")
     r.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-text tokens")
-    _add_sampling_args(r)
+    _add_sampling_args(r, sampling)
     r.set_defaults(fn=cmd_run)
 
     c = sub.add_parser("chat", help="interactive chat (reads lines from stdin)")
-    _add_model_args(c)
+    _add_model_args(c, ctx)
     c.add_argument("-n", "--n-predict", type=int, default=256, help="most tokens per reply (default 256)")
     c.add_argument("--system", default=None, help="system message")
-    _add_sampling_args(c)
+    _add_sampling_args(c, sampling)
     c.set_defaults(fn=cmd_chat)
 
     q = sub.add_parser("perplexity", help="perplexity and bits per byte of a text file")
-    _add_model_args(q, ctx_default=512)
+    _add_model_args(q, ctx, ctx_default=512)   # perplexity's evaluation window, as llama.cpp's
     q.add_argument("-f", "--file", required=True, help="text file")
     q.add_argument("--chars", type=int, default=None, help="only the first N characters")
     q.set_defaults(fn=cmd_perplexity)

@@ -22,17 +22,19 @@ class Model:
     """A MoLE (or dense) model in a .gguf file, ready to evaluate.
 
     One Model holds one context (KV cache) and must be used by one thread at a time.
+
+    Every None means the C library's default (mole_context_default_params): n_ctx None is the model's
+    training context length (the file's mole.context_length); n_threads None is one thread per physical
+    core; n_batch None is 512 tokens per forward step; lut_cache_mb None is a 64 MB LUT row cache (0 turns
+    it off). The context actually made is in .n_ctx, .n_threads and .n_batch.
     """
 
-    def __init__(self, path, n_ctx: int = 2048, n_threads: int | None = None, device: str = "cpu",
-                 *, n_batch: int = 512, lut_cache_mb: int | None = None):
+    def __init__(self, path, n_ctx: int | None = None, n_threads: int | None = None, device: str = "cpu",
+                 *, n_batch: int | None = None, lut_cache_mb: int | None = None):
         path = os.fspath(path)
-        if not isinstance(n_ctx, int) or n_ctx < 1:
-            raise errors.InvalidArgumentError(f"n_ctx must be a positive integer, got {n_ctx!r}")
-        if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
-            raise errors.InvalidArgumentError(f"n_threads must be a positive integer or None, got {n_threads!r}")
-        if not isinstance(n_batch, int) or n_batch < 1:
-            raise errors.InvalidArgumentError(f"n_batch must be a positive integer, got {n_batch!r}")
+        for name, v in (("n_ctx", n_ctx), ("n_threads", n_threads), ("n_batch", n_batch)):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise errors.InvalidArgumentError(f"{name} must be a positive integer or None, got {v!r}")
         if lut_cache_mb is not None and (not isinstance(lut_cache_mb, int) or lut_cache_mb < 0):
             raise errors.InvalidArgumentError(f"lut_cache_mb must be >= 0 or None, got {lut_cache_mb!r}")
         if device not in _DEVICES:
@@ -58,12 +60,10 @@ class Model:
 
         cparams = ffi.new("struct mole_context_params *")
         lib.mole_context_default_params(cparams)
-        cparams.n_ctx = n_ctx
-        cparams.n_batch = n_batch
-        if n_threads is not None:
-            cparams.n_threads = n_threads
-        if lut_cache_mb is not None:
-            cparams.lut_cache_mb = lut_cache_mb
+        for name, v in (("n_ctx", n_ctx), ("n_threads", n_threads), ("n_batch", n_batch),
+                        ("lut_cache_mb", lut_cache_mb)):
+            if v is not None:
+                setattr(cparams, name, v)
         cout = ffi.new("struct mole_context **")
         try:
             _ffi.check(lib.mole_context_new(self._model, cparams, cout), "creating context")
@@ -239,13 +239,17 @@ class Model:
 
     # ---- generation ------------------------------------------------------------------------
 
-    def generate(self, prompt, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
-                 top_p: float = 0.95, seed: int | None = None, stop=None, stream: bool = False,
-                 *, min_p: float = 0.05, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
-                 add_bos: bool = False, ignore_eos: bool = False):
+    def generate(self, prompt, max_tokens: int = 128, temperature: float | None = None, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None, stop=None, stream: bool = False,
+                 *, min_p: float | None = None, repeat_penalty: float | None = None,
+                 repeat_last_n: int | None = None, add_bos: bool = False, ignore_eos: bool = False):
         """Completes prompt (str or token ids). temperature=0 is greedy. stop: a string or list of
         strings that end the text (not included). ignore_eos: keep going past end-of-text tokens.
-        Returns the text, or with stream=True an iterator of text pieces."""
+        Returns the text, or with stream=True an iterator of text pieces.
+
+        A sampling option left None takes the C library's default (mole_sampler_default_params):
+        temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, repeat_penalty 1.0 (off), repeat_last_n 64.
+        seed None is a random seed."""
         it = self._generate_iter(prompt, max_tokens, temperature, top_k, top_p, seed, stop, min_p,
                                  repeat_penalty, repeat_last_n, add_bos, ignore_eos)
         if stream:
@@ -253,19 +257,22 @@ class Model:
         return "".join(piece for piece, _ in it)
 
     def _sampler(self, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed):
+        """A sampler from the library's default params, with the options that are not None set."""
         ffi, lib = self._L.ffi, self._lib
-        for name, v, lo in (("temperature", temperature, 0.0), ("top_p", top_p, 0.0), ("min_p", min_p, 0.0),
-                            ("repeat_penalty", repeat_penalty, 0.0)):
-            if not isinstance(v, (int, float)) or v < lo or v != v:
-                raise errors.InvalidArgumentError(f"{name} must be a number >= {lo}, got {v!r}")
-        if top_p > 1 or min_p > 1:
-            raise errors.InvalidArgumentError("top_p and min_p must be <= 1")
-        if not isinstance(top_k, int) or top_k < 0:
-            raise errors.InvalidArgumentError(f"top_k must be an integer >= 0, got {top_k!r}")
+        for name, v, hi in (("temperature", temperature, None), ("top_p", top_p, 1), ("min_p", min_p, 1),
+                            ("repeat_penalty", repeat_penalty, None)):
+            if v is not None and (not isinstance(v, (int, float)) or v < 0 or v != v or (hi and v > hi)):
+                raise errors.InvalidArgumentError(f"{name} must be a number >= 0{f' and <= {hi}' if hi else ''}, "
+                                                  f"got {v!r}")
+        for name, v in (("top_k", top_k), ("repeat_last_n", repeat_last_n)):
+            if v is not None and (not isinstance(v, int) or v < 0):
+                raise errors.InvalidArgumentError(f"{name} must be an integer >= 0, got {v!r}")
         p = ffi.new("struct mole_sampler_params *")
         lib.mole_sampler_default_params(p)
-        p.temperature, p.top_k, p.top_p, p.min_p = temperature, top_k, top_p, min_p
-        p.repeat_penalty, p.repeat_last_n = repeat_penalty, repeat_last_n
+        for name, v in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("min_p", min_p),
+                        ("repeat_penalty", repeat_penalty), ("repeat_last_n", repeat_last_n)):
+            if v is not None:
+                setattr(p, name, v)
         p.seed = int.from_bytes(os.urandom(8), "little") if seed is None else int(seed) & (2**64 - 1)
         out = ffi.new("struct mole_sampler **")
         _ffi.check(lib.mole_sampler_new(p, out))
@@ -326,7 +333,9 @@ class Model:
     # ---- chat ------------------------------------------------------------------------------
 
     def chat(self, messages, stream: bool = False, max_tokens: int = 256, **sampling):
-        """OpenAI-shaped chat completion over the file's chat template (or a plain default)."""
+        """OpenAI-shaped chat completion over the file's chat template (or a plain default). sampling: the
+        options of generate() (temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop);
+        those not given take the C library's defaults."""
         template = self.metadata.get(G.KEY_CHAT_TEMPLATE)
         prompt, default_stops = render_chat(messages, template, self)
         stop = sampling.pop("stop", None)
@@ -335,10 +344,10 @@ class Model:
         cid = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())
         model_name = Path(self.path).name
-        it = self._generate_iter(prompt_ids, max_tokens, sampling.pop("temperature", 0.8),
-                                 sampling.pop("top_k", 40), sampling.pop("top_p", 0.95), sampling.pop("seed", None),
-                                 stops, sampling.pop("min_p", 0.05), sampling.pop("repeat_penalty", 1.0),
-                                 sampling.pop("repeat_last_n", 64), False)
+        opt = {k: sampling.pop(k, None) for k in ("temperature", "top_k", "top_p", "seed", "min_p",
+                                                  "repeat_penalty", "repeat_last_n")}
+        it = self._generate_iter(prompt_ids, max_tokens, opt["temperature"], opt["top_k"], opt["top_p"], opt["seed"],
+                                 stops, opt["min_p"], opt["repeat_penalty"], opt["repeat_last_n"], False)
         if sampling:
             raise errors.InvalidArgumentError(f"unknown chat option(s): {', '.join(sorted(sampling))}")
         if stream:
