@@ -1,6 +1,8 @@
 """What the Python side reads from the C library instead of repeating it: sampling and context defaults
-(Model, chat, the CLI and its --help), the status codes behind the exceptions, the device ids."""
+(Model, chat, the CLI and its --help), the status codes behind the exceptions, the device ids, and the
+version (CMakeLists.txt's project version, the package metadata, mole.__version__, mole_version())."""
 import re
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -201,3 +203,46 @@ def test_status_map_and_device_ids_follow_the_header(model_path, monkeypatch, tm
     # device="cpu" is sent as the header's MOLE_DEVICE_CPU, which this library does not know
     with pytest.raises(mole.MoleError, match="unknown device 5"):
         mole.Model(model_path, n_ctx=16, device="cpu")
+
+
+# ---- version ---------------------------------------------------------------------------------------
+
+def _cmake_version() -> str:
+    """The project version, read with pyproject.toml's own regex (so that regex is tested too)."""
+    tomllib = pytest.importorskip("tomllib")
+    tool = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "version" not in tool["project"] and "version" in tool["project"]["dynamic"]
+    cfg = tool["tool"]["scikit-build"]["metadata"]["version"]
+    assert cfg["provider"] == "scikit_build_core.metadata.regex" and cfg["input"] == "CMakeLists.txt"
+    m = re.search(cfg["regex"], (REPO / cfg["input"]).read_text(), re.MULTILINE)
+    assert m, f"pyproject.toml's version regex finds nothing in {cfg['input']}"
+    line = next(ln for ln in (REPO / "CMakeLists.txt").read_text().splitlines() if ln.startswith("project("))
+    assert f"VERSION {m['value']} " in line, line
+    return m["value"]
+
+
+def test_one_version_everywhere():
+    v = _cmake_version()
+    L = _ffi.get()
+    assert L.ffi.string(L.lib.mole_version()).decode() == v, "the library's mole_version()"
+    assert mole.__version__ == v
+    try:
+        installed = metadata.version(mole.DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        pytest.skip(f"{mole.DISTRIBUTION} is not installed: no package metadata to compare")
+    assert installed == v, f"installed {mole.DISTRIBUTION} {installed} is stale: reinstall after a version change"
+
+
+def test_version_is_read_from_the_metadata_else_from_the_library(monkeypatch):
+    monkeypatch.setattr(metadata, "version", lambda name: {mole.DISTRIBUTION: "9.8.7"}[name])
+    assert mole.__version__ == "9.8.7"
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)   # a source tree that is not installed
+    L = _ffi.get()
+    assert mole.__version__ == L.ffi.string(L.lib.mole_version()).decode()
+    fake = L.ffi.new("char[]", b"7.6.5")
+    monkeypatch.setattr(L, "lib", type("Lib", (), {"mole_version": staticmethod(lambda: fake)})())
+    assert mole.__version__ == "7.6.5"

@@ -11,7 +11,7 @@ from .errors import (BackendError, CancelledError, ContextFullError, FormatError
                      UnsupportedError)
 from .model import Model
 
-__version__ = "0.1.0"
+DISTRIBUTION = "mole-cpp"   # the package's name on PyPI (pyproject.toml)
 
 __all__ = ["Model", "demo_model_path", "MoleError", "FormatError", "ContextFullError", "InvalidArgumentError",
            "ModelFileNotFoundError", "ModelIOError", "ModelMemoryError", "UnsupportedError", "CancelledError",
@@ -26,6 +26,30 @@ def demo_model_path() -> str:
     if not p.is_file():
         raise ModelFileNotFoundError(f"the bundled demo model is missing: {p}")
     return str(p)
+
+
+def __getattr__(name):
+    if name == "__version__":   # looked up on first use: reading the library's needs libmole loaded
+        return _version()
+    raise AttributeError(f"module 'mole' has no attribute {name!r}")
+
+
+def _version() -> str:
+    """The installed package's version (set once, by CMakeLists.txt's project(mole VERSION ...), through
+    pyproject.toml's dynamic version), or in a source tree that is not installed, libmole's mole_version()."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        from . import _ffi
+        L = _ffi.get()
+        return L.ffi.string(L.lib.mole_version()).decode()
+    except LibraryError as e:
+        raise AttributeError(f"mole.__version__: {DISTRIBUTION} is not installed and libmole does not load ({e})") \
+            from None
 
 
 def system_info() -> str:
