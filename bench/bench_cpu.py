@@ -147,7 +147,8 @@ def read_bandwidth(threads: int, mb: int = 1024) -> dict:
     if tool.exists():
         try:
             out = subprocess.run([str(tool), "--types", "q8_0", "--isa", "portable", "--threads", str(threads),
-                                  "--S", "1", "--shapes", "attn", "--reps", "5", "--cold-mb", str(mb), "--max-s", "0.2"],
+                                  "--S", "1", "--shapes", "attn", "--reps", "5", "--cold-mb", str(mb),
+                                  "--max-s", "0.2"],
                                  capture_output=True, text=True, timeout=120, check=True).stdout
             m = re.search(rf"stream-read {threads} thread\(s\): ([\d.]+) GB/s", out)
             if m:
@@ -415,7 +416,7 @@ def table(res: dict) -> str:
     lines = ["| runtime | prompt tok/s | decode tok/s | ms/token | MB read/token | % of bandwidth floor | "
              "peak RSS MB | LUT B fetched/token (decode) | LUT B in / distinct token (cold) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for v, s in res["variants"].items():
+    for s in res["variants"].values():
         lut = f"{s['lut_bytes_per_decode_token']:.0f}" if "lut_bytes_per_decode_token" in s else "–"
         cold = (f"{s['lut_bytes_in_per_distinct']:.0f} (row {s['lut_row_bytes']})" if "lut_bytes_in_per_distinct" in s
                 else "–")
@@ -425,8 +426,8 @@ def table(res: dict) -> str:
     r = res["ratios"]
     notes = []
     if "mole_over_dense_step_warm" in r:
-        notes.append(f"MoLE / dense step time: warm {r['mole_over_dense_step_warm']:.3f}"
-                     + (f", LUT evicted {r['mole_over_dense_step_cold']:.3f}" if "mole_over_dense_step_cold" in r else ""))
+        cold = f", LUT evicted {r['mole_over_dense_step_cold']:.3f}" if "mole_over_dense_step_cold" in r else ""
+        notes.append(f"MoLE / dense step time: warm {r['mole_over_dense_step_warm']:.3f}{cold}")
     if "interleaved_warm" in r:
         def runs(m):
             return ", ".join(f"{x:.3f}" for x in r[f"interleaved_{m}_runs"])

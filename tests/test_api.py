@@ -161,7 +161,8 @@ def test_ctrl_c_stops_cli_with_exit_130(model_path):
     import sys
     import time
     p = subprocess.Popen([sys.executable, "-m", "mole", "run", "-m", model_path, "-p", "Hello", "-n", "100000",
-                          "-c", "100000", "--temp", "0.8", "--ignore-eos"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          "-c", "100000", "--temp", "0.8", "--ignore-eos"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = p.stdout.read(5)              # generation has started
         assert first == "Hello"

@@ -155,7 +155,8 @@ def test_mole_bench_cli(models, tmp_path):
     mole_path, dense_path, _ = models
     out = tmp_path / "cli.json"
     p = subprocess.run([sys.executable, "-m", "mole", "bench", "-m", str(mole_path), "--dense", str(dense_path),
-                        "--prompt-tokens", "16", "--gen-tokens", "4", "--repeats", "1", "--no-cold", "--json", str(out)],
+                        "--prompt-tokens", "16", "--gen-tokens", "4", "--repeats", "1", "--no-cold",
+                        "--json", str(out)],
                        capture_output=True, text=True, env=_env(), timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "mole.cpp MoLE (LUT warm)" in p.stdout and "mole.cpp dense (N=0)" in p.stdout

@@ -42,5 +42,5 @@ def test_bad_messages_and_templates():
     with pytest.raises(mole.FormatError, match="chat template"):
         render_chat(MSGS, "{% for %}", FakeModel())
     # the sandbox refuses attribute access to internals
-    with pytest.raises(Exception):
+    with pytest.raises(mole.FormatError, match="unsafe"):
         render_chat(MSGS, "{{ messages.__class__.__mro__[1].__subclasses__() }}", FakeModel())

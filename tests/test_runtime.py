@@ -105,7 +105,8 @@ def test_handmade_model_loads_and_reports(good):
     model = load_raw(good)
     info = L_.ffi.new("struct mole_model_info *")
     _ffi.check(L_.lib.mole_model_get_info(model, info))
-    assert info.lut_type == 0 and info.lut_row_bytes == L * N_EXP * D_MODEL * 4 and info.lut_bytes == V * info.lut_row_bytes
+    assert info.lut_type == 0 and info.lut_row_bytes == L * N_EXP * D_MODEL * 4
+    assert info.lut_bytes == V * info.lut_row_bytes
     assert info.n_params_dense == sum(a.size for k, a in tensors().items() if k != N.TENSOR_LUT)
     assert info.bos_token_id == -1 and info.n_ff_expert == D_FF
     buf, n = _ffi.call_sized(L_.lib.mole_model_metadata_string, model, b"general.name")

@@ -71,7 +71,7 @@ def write_dump(path, pre, tokens, types, merges, bos, eos, pad, cases):
     def s(b):
         return struct.pack("<I", len(b)) + b
     out = [b"MOLETOK1", s(pre.encode()), struct.pack("<iii", bos, eos, pad), struct.pack("<I", len(tokens))]
-    for t, ty in zip(tokens, types):
+    for t, ty in zip(tokens, types, strict=True):
         out += [s(t.encode()), struct.pack("<i", ty)]
     out.append(struct.pack("<I", len(merges)))
     out += [s(m.encode()) for m in merges]

@@ -77,7 +77,7 @@ def test_schedule_and_argument_errors(tmp_path, text_file):
                        "--warmup", "10"])
     lrs = [lr_at(s, args) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] == pytest.approx(1e-4, rel=0.01)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False)) and lrs[-1] == pytest.approx(1e-4, rel=0.01)
     args.time_limit = 10.0  # minutes: half the time gone puts the cosine at least half way
     assert lr_at(20, args, elapsed_s=300.0) == pytest.approx(lr_at(55, args))
     assert lr_at(20, args, elapsed_s=700.0) == pytest.approx(1e-4)

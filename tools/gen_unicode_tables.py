@@ -72,7 +72,7 @@ def main() -> int:
         f'extern const char kUnicodeVersion[] = "{unicodedata.unidata_version}";',
         "",
         "// [first, last, class]: 1 White_Space, 2 letter (L*), 3 number (N*); absent: other.",
-        f"extern const uint32_t kClassRanges[][3] = {{",
+        "extern const uint32_t kClassRanges[][3] = {",
     ]
     lines += [f"    {{0x{a:X}, 0x{b:X}, {v}}}," for a, b, v in classes]
     lines += ["};", f"extern const uint32_t kClassRangeCount = {len(classes)};", "",

@@ -248,8 +248,9 @@ def load_checkpoint(directory) -> Checkpoint:
             raise CheckpointError(f"tensor '{name}': expected shape {list(shape)}, got {list(got)}")
     unknown = [n for n in index if n not in expected]
     if unknown:
+        more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
         raise CheckpointError(f"unknown tensor '{unknown[0]}' (shape {list(_shape_of(index[unknown[0]]))})"
-                              f" for a {form} checkpoint" + (f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""))
+                              f" for a {form} checkpoint{more}")
     tok = directory / "tokenizer.json"
     return Checkpoint(directory, config, form, {n: index[n] for n in expected},
                       tok if tok.is_file() else None, _read_chat_template(directory))

@@ -242,7 +242,8 @@ def _bench_simple(a) -> int:
         print(f"model {m!r}\n{m.n_threads} threads (the harness with peers needs the source tree's bench/)\n"
               f"prompt {a.prompt_tokens} tokens: {statistics.median(pp):.1f} tokens/s (median of {a.repeats})\n"
               f"decode {a.gen_tokens} tokens: {statistics.median(tg):.1f} tokens/s\n"
-              f"LUT rows fetched {s['lut_rows_fetched']}, bytes {s['lut_bytes_fetched']}, cache hits {s['lut_cache_hits']}")
+              f"LUT rows fetched {s['lut_rows_fetched']}, bytes {s['lut_bytes_fetched']}, "
+              f"cache hits {s['lut_cache_hits']}")
     return 0
 
 
