@@ -33,7 +33,7 @@ struct Sticky {
             status = e == cudaErrorMemoryAllocation ? MOLE_STATUS_OUT_OF_MEMORY : MOLE_STATUS_BACKEND_ERROR;
             const char *base = std::strrchr(file, '/');
             text = std::string(base ? base + 1 : file) + ":" + std::to_string(line) + " " + call + ": " +
-                   cudaGetErrorString(e);
+                cudaGetErrorString(e);
         }
         cudaGetLastError();   // clear a non-sticky error so later calls report their own
         return false;
@@ -47,7 +47,7 @@ std::string device_name(int32_t index) {
     cudaDeviceProp p;
     if (cudaGetDeviceProperties(&p, index) != cudaSuccess) return "?";
     return std::string(p.name) + ", sm_" + std::to_string(p.major) + std::to_string(p.minor) + ", " +
-           human_bytes(uint64_t(p.totalGlobalMem));
+        human_bytes(uint64_t(p.totalGlobalMem));
 }
 
 // The weights in VRAM, byte for byte as in the file.
@@ -100,8 +100,10 @@ public:
 private:
     void release(uint8_t *p) {
         if (!p) return;
-        if (pinned_) cudaFreeHost(p);
-        else cudaFree(p);
+        if (pinned_)
+            cudaFreeHost(p);
+        else
+            cudaFree(p);
     }
     bool pinned_;
     Sticky &sticky_;
@@ -304,8 +306,9 @@ public:
         if (!staging) return;
         for (int32_t i = 0; i < n; ++i) {
             reader.read(fills[i].src + off, staging + uint64_t(i) * len, len);
-            MOLE_CUDA_TRY(sticky_, cudaMemcpyAsync(slots_ + uint64_t(fills[i].slot) * slot_bytes_ + off,
-                                                   staging + uint64_t(i) * len, len, cudaMemcpyHostToDevice, st_));
+            MOLE_CUDA_TRY(sticky_,
+                          cudaMemcpyAsync(slots_ + uint64_t(fills[i].slot) * slot_bytes_ + off,
+                                          staging + uint64_t(i) * len, len, cudaMemcpyHostToDevice, st_));
         }
     }
     void lut_mix(const LutRow *rows, Type type, const BlockRange &slice, const float *gate, int64_t N, int64_t d,
@@ -330,8 +333,8 @@ public:
             at += slice.bytes;
         }
         MOLE_CUDA_TRY(sticky_, cudaMemcpyAsync(dv, h, bytes, cudaMemcpyHostToDevice, st_));
-        cuda::lut_mix(type, reinterpret_cast<const uint8_t *const *>(dv), d_uniq_slot_, slice.skip, gate,
-                      plan_->n_rows, N, d, x, st_);
+        cuda::lut_mix(type, reinterpret_cast<const uint8_t *const *>(dv), d_uniq_slot_, slice.skip, gate, plan_->n_rows,
+                      N, d, x, st_);
         launched("lut_mix");
     }
 
@@ -382,8 +385,9 @@ Status probe(int32_t index) {
     const cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess) {
         cudaGetLastError();
-        return set_error(MOLE_STATUS_UNSUPPORTED, "device CUDA: no usable CUDA driver (cudaGetDeviceCount: %s, error %d)",
-                         cudaGetErrorString(e), int(e));
+        return set_error(MOLE_STATUS_UNSUPPORTED,
+                         "device CUDA: no usable CUDA driver (cudaGetDeviceCount: %s, error %d)", cudaGetErrorString(e),
+                         int(e));
     }
     if (n == 0) return set_error(MOLE_STATUS_UNSUPPORTED, "device CUDA: this machine has no CUDA device");
     if (index < 0 || index >= n)

@@ -8,8 +8,8 @@ namespace {
 
 constexpr int kThreads = 256;
 
-MOLE_GLOBAL void embed_kernel(Type type, const uint8_t *E, int64_t row_bytes, int64_t d, const int32_t *ids,
-                              int64_t n, float *x) {
+MOLE_GLOBAL void embed_kernel(Type type, const uint8_t *E, int64_t row_bytes, int64_t d, const int32_t *ids, int64_t n,
+                              float *x) {
     const int64_t t = int64_t(blockIdx.x) * kThreads + threadIdx.x;
     if (t >= n) return;
     const int64_t s = t / d, e = t % d;

@@ -24,9 +24,8 @@ template <bool Q4> MOLE_DEV void block_words(const uint8_t *blk, int w[8]) {
     }
 }
 
-template <int NC, bool Q4>
-MOLE_GLOBAL void mv_quant_kernel(const uint8_t *W, int64_t n, int64_t k, const int8_t *xq, const float *xd,
-                                 const int32_t *xs, float *Y) {
+template <int NC, bool Q4> MOLE_GLOBAL void mv_quant_kernel(const uint8_t *W, int64_t n, int64_t k, const int8_t *xq,
+                                                            const float *xd, const int32_t *xs, float *Y) {
     const int64_t r = int64_t(blockIdx.x) * kMvWarps + threadIdx.x / kWarp;
     const int lane = int(threadIdx.x % kWarp);
     if (r >= n) return;   // a whole warp at once
@@ -96,14 +95,13 @@ constexpr int kTn = 64, kTs = 32, kThreads = 256;
 constexpr int kKb = 4;    // q8 blocks of k per stage (quantized)
 constexpr int kKc = 32;   // elements of k per stage (float types)
 
-template <bool Q4>
-MOLE_GLOBAL void mm_quant_kernel(const uint8_t *W, int64_t n, int64_t k, const int8_t *xq, const float *xd,
-                                 const int32_t *xs, int64_t S, float *Y) {
-    MOLE_SHARED(int, wq, kKb * kTn * 9);   // [kb][row][8 words + pad]
-    MOLE_SHARED(float, wd, kKb * kTn);
-    MOLE_SHARED(int, xw, kKb * kTs * 9);
-    MOLE_SHARED(float, xdd, kKb * kTs);
-    MOLE_SHARED(int, xsum, kKb * kTs);
+template <bool Q4> MOLE_GLOBAL void mm_quant_kernel(const uint8_t *W, int64_t n, int64_t k, const int8_t *xq,
+                                                    const float *xd, const int32_t *xs, int64_t S, float *Y) {
+    MOLE_SHARED(int, wq, kKb *kTn * 9);   // [kb][row][8 words + pad]
+    MOLE_SHARED(float, wd, kKb *kTn);
+    MOLE_SHARED(int, xw, kKb *kTs * 9);
+    MOLE_SHARED(float, xdd, kKb *kTs);
+    MOLE_SHARED(int, xsum, kKb *kTs);
     const int tid = int(threadIdx.x), tr = tid % 16, ts = tid / 16;
     const int64_t r0 = int64_t(blockIdx.x) * kTn, s0 = int64_t(blockIdx.y) * kTs;
     const int64_t nb = k / kQK, bb = Q4 ? kQ4Bytes : kQ8Bytes;
@@ -139,7 +137,8 @@ MOLE_GLOBAL void mm_quant_kernel(const uint8_t *W, int64_t n, int64_t k, const i
                 for (int j = 0; j < 2; ++j) {
                     const int sr = ts + 16 * j;
                     int dot = 0;
-                    for (int c = 0; c < 8; ++c) dot = __dp4a(wq[(kb * kTn + rr) * 9 + c], xw[(kb * kTs + sr) * 9 + c], dot);
+                    for (int c = 0; c < 8; ++c)
+                        dot = __dp4a(wq[(kb * kTn + rr) * 9 + c], xw[(kb * kTs + sr) * 9 + c], dot);
                     if (Q4) dot -= 8 * xsum[kb * kTs + sr];
                     acc[i][j] = fmaf(wd[kb * kTn + rr] * xdd[kb * kTs + sr], float(dot), acc[i][j]);
                 }
@@ -155,8 +154,8 @@ MOLE_GLOBAL void mm_quant_kernel(const uint8_t *W, int64_t n, int64_t k, const i
 
 template <Type T>
 MOLE_GLOBAL void mm_float_kernel(const uint8_t *W, int64_t n, int64_t k, const float *X, int64_t S, float *Y) {
-    MOLE_SHARED(float, ws, kTn * (kKc + 1));
-    MOLE_SHARED(float, xs, kTs * (kKc + 1));
+    MOLE_SHARED(float, ws, kTn *(kKc + 1));
+    MOLE_SHARED(float, xs, kTs *(kKc + 1));
     const int tid = int(threadIdx.x), tr = tid % 16, ts = tid / 16;
     const int64_t r0 = int64_t(blockIdx.x) * kTn, s0 = int64_t(blockIdx.y) * kTs;
     float acc[4][2] = {};
@@ -192,8 +191,12 @@ template <int NC>
 void mv(Type type, const uint8_t *W, int64_t n, int64_t k, const float *X, const Q8Act &xq, float *Y, cudaStream_t st) {
     const unsigned grid = unsigned((n + kMvWarps - 1) / kMvWarps), block = kMvWarps * kWarp;
     switch (type) {
-    case Type::Q8_0: MOLE_LAUNCH((mv_quant_kernel<NC, false>), grid, block, 0, st, W, n, k, xq.q, xq.d, xq.sum, Y); break;
-    case Type::Q4_0: MOLE_LAUNCH((mv_quant_kernel<NC, true>), grid, block, 0, st, W, n, k, xq.q, xq.d, xq.sum, Y); break;
+    case Type::Q8_0:
+        MOLE_LAUNCH((mv_quant_kernel<NC, false>), grid, block, 0, st, W, n, k, xq.q, xq.d, xq.sum, Y);
+        break;
+    case Type::Q4_0:
+        MOLE_LAUNCH((mv_quant_kernel<NC, true>), grid, block, 0, st, W, n, k, xq.q, xq.d, xq.sum, Y);
+        break;
     case Type::F32: MOLE_LAUNCH((mv_float_kernel<NC, Type::F32>), grid, block, 0, st, W, n, k, X, Y); break;
     case Type::F16: MOLE_LAUNCH((mv_float_kernel<NC, Type::F16>), grid, block, 0, st, W, n, k, X, Y); break;
     case Type::BF16: MOLE_LAUNCH((mv_float_kernel<NC, Type::BF16>), grid, block, 0, st, W, n, k, X, Y); break;
@@ -218,8 +221,12 @@ void matmul(Type type, const uint8_t *W, int64_t n, int64_t k, const float *X, c
     }
     const dim3 grid(unsigned((n + kTn - 1) / kTn), unsigned((S + kTs - 1) / kTs));
     switch (type) {
-    case Type::Q8_0: MOLE_LAUNCH(mm_quant_kernel<false>, grid, kThreads, 0, st, W, n, k, xq.q, xq.d, xq.sum, S, Y); break;
-    case Type::Q4_0: MOLE_LAUNCH(mm_quant_kernel<true>, grid, kThreads, 0, st, W, n, k, xq.q, xq.d, xq.sum, S, Y); break;
+    case Type::Q8_0:
+        MOLE_LAUNCH(mm_quant_kernel<false>, grid, kThreads, 0, st, W, n, k, xq.q, xq.d, xq.sum, S, Y);
+        break;
+    case Type::Q4_0:
+        MOLE_LAUNCH(mm_quant_kernel<true>, grid, kThreads, 0, st, W, n, k, xq.q, xq.d, xq.sum, S, Y);
+        break;
     case Type::F32: MOLE_LAUNCH(mm_float_kernel<Type::F32>, grid, kThreads, 0, st, W, n, k, X, S, Y); break;
     case Type::F16: MOLE_LAUNCH(mm_float_kernel<Type::F16>, grid, kThreads, 0, st, W, n, k, X, S, Y); break;
     case Type::BF16: MOLE_LAUNCH(mm_float_kernel<Type::BF16>, grid, kThreads, 0, st, W, n, k, X, S, Y); break;
