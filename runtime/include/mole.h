@@ -109,6 +109,20 @@ MOLE_API enum mole_status mole_model_metadata_json(const struct mole_model *mode
 MOLE_API enum mole_status mole_model_metadata_string(const struct mole_model *model, const char *key, char *buf,
                                                      size_t capacity, size_t *n_out);
 
+/* The file's tensor table, in file order, as validated at load (for inspection tools). */
+struct mole_tensor_info {
+    const char *name;          /* NUL-terminated; valid while the model lives */
+    int32_t type;              /* enum mole_type */
+    int32_t n_dims;            /* 1..4 */
+    int64_t ne[4];             /* ggml order: ne[0] is the row length; 1 past n_dims */
+    uint64_t offset;           /* absolute file offset of the data */
+    uint64_t nbytes;
+};
+MOLE_API enum mole_status mole_model_n_tensors(const struct mole_model *model, size_t *n_out);
+/* Tensor `index` (0 <= index < mole_model_n_tensors); MOLE_STATUS_INVALID_ARGUMENT past the end. */
+MOLE_API enum mole_status mole_model_tensor_info(const struct mole_model *model, size_t index,
+                                                 struct mole_tensor_info *out);
+
 /* ---- tokenizer ------------------------------------------------------------------------------ */
 
 /* Text (UTF-8, text_len bytes) to token ids. parse_special: 1 maps special-token text such as

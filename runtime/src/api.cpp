@@ -204,6 +204,36 @@ MOLE_API enum mole_status mole_model_metadata_string(const struct mole_model *mo
     MOLE_GUARD_END
 }
 
+MOLE_API enum mole_status mole_model_n_tensors(const struct mole_model *model, size_t *n_out) {
+    MOLE_GUARD_BEGIN
+    MOLE_REQUIRE(model);
+    MOLE_REQUIRE(n_out);
+    *n_out = model->impl->gguf.tensors().size();
+    return MOLE_STATUS_OK;
+    MOLE_GUARD_END
+}
+
+MOLE_API enum mole_status mole_model_tensor_info(const struct mole_model *model, size_t index,
+                                                 struct mole_tensor_info *out) {
+    MOLE_GUARD_BEGIN
+    MOLE_REQUIRE(model);
+    MOLE_REQUIRE(out);
+    const std::vector<mole::GgufTensor> &tensors = model->impl->gguf.tensors();
+    if (index >= tensors.size())
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "tensor index %zu is out of range [0, %zu)", index,
+                         tensors.size());
+    const mole::GgufTensor &t = tensors[index];
+    *out = mole_tensor_info{};
+    out->name = t.name.c_str();
+    out->type = static_cast<int32_t>(t.type);
+    out->n_dims = static_cast<int32_t>(t.n_dims);
+    for (int d = 0; d < 4; ++d) out->ne[d] = t.ne[d];
+    out->offset = t.offset;
+    out->nbytes = t.nbytes;
+    return MOLE_STATUS_OK;
+    MOLE_GUARD_END
+}
+
 /* ---- tokenizer ---- */
 
 MOLE_API enum mole_status mole_tokenize(const struct mole_model *model, const char *text, size_t text_len,

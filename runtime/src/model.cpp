@@ -400,14 +400,17 @@ void json_string(std::string &o, std::string_view s) {
     o += '"';
 }
 
-void json_number(std::string &o, double v, bool is_f32) {
+// A float key's value (an f32 widened to double: its exact value): 17 digits round-trip, and a
+// JSON reader must see a float even when the value is whole (10000.0, not 10000).
+void json_number(std::string &o, double v) {
     if (!std::isfinite(v)) {
         o += "null";
         return;
     }
     char buf[40];
-    std::snprintf(buf, sizeof buf, is_f32 ? "%.9g" : "%.17g", v);
+    std::snprintf(buf, sizeof buf, "%.17g", v);
     o += buf;
+    if (!std::strpbrk(buf, ".eE")) o += ".0";
 }
 
 void json_value(std::string &o, const GgufValue &v) {
@@ -415,7 +418,7 @@ void json_value(std::string &o, const GgufValue &v) {
     case GgufType::STRING: json_string(o, v.str); return;
     case GgufType::BOOL: o += v.u64 ? "true" : "false"; return;
     case GgufType::FLOAT32:
-    case GgufType::FLOAT64: json_number(o, v.f64, v.type == GgufType::FLOAT32); return;
+    case GgufType::FLOAT64: json_number(o, v.f64); return;
     case GgufType::UINT64: o += std::to_string(v.u64); return;
     case GgufType::ARRAY: break;
     default: o += std::to_string(v.i64); return;
@@ -430,7 +433,7 @@ void json_value(std::string &o, const GgufValue &v) {
         else if (v.elem_type == GgufType::BOOL)
             o += v.elem_int(i) ? "true" : "false";
         else if (v.elem_type == GgufType::FLOAT32 || v.elem_type == GgufType::FLOAT64)
-            json_number(o, v.elem_float(i), v.elem_type == GgufType::FLOAT32);
+            json_number(o, v.elem_float(i));
         else if (v.elem_type == GgufType::UINT64)
             o += std::to_string(static_cast<uint64_t>(v.elem_int(i)));
         else
