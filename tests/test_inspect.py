@@ -1,18 +1,18 @@
-"""mole_convert.inspect: metadata, tensor table and LUT summary of converted files; --json; no torch import;
-clear errors for missing or malformed files."""
+"""mole.inspect (`mole inspect`): metadata, tensor table and LUT summary of converted files, read through libmole's
+validated loader; --json; the same view as gguf.GGUFReader's; works without gguf and torch (the base install);
+the runtime's messages for missing, malformed and truncated files."""
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
+import base_install
+import mole
 from mole import gguf_names as G
+from mole.inspect import format_inspect, inspect, main_inspect
 from mole_convert.convert import convert
-from mole_convert.inspect import format_inspect, inspect, main_inspect
 from mole_convert.testing import make_random_checkpoint, tiny_config
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +70,66 @@ def test_main_inspect_json_and_errors(files, capsys, tmp_path):
 
 def test_inspect_does_not_import_torch(files):
     moe, _ = files
-    code = ("import sys; from mole_convert.inspect import main_inspect; rc = main_inspect([sys.argv[1]]); "
-            "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(rc)")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(REPO, "python"), os.path.join(REPO, "converter")]))
-    r = subprocess.run([sys.executable, "-c", code, str(moe)], env=env, capture_output=True, text=True, timeout=60)
+    code = ("import sys; from mole.inspect import main_inspect; rc = main_inspect([sys.argv[1]]); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; "
+            "assert 'gguf' not in sys.modules, 'gguf was imported'; sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, str(moe)], env=base_install.env(), capture_output=True, text=True,
+                       timeout=60)
     assert r.returncode == 0, r.stderr
     assert "lut.weight" in r.stdout
+
+
+def test_mole_inspect_on_the_base_install(files):
+    """`pip install .` has no gguf package (nor torch): `mole inspect` reads through libmole and prints the same."""
+    moe, _ = files
+    r = base_install.mole("inspect", moe)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == format_inspect(inspect(moe)) + "\n"
+    r = base_install.mole("inspect", moe, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == json.loads(json.dumps(inspect(moe)))
+
+
+@pytest.mark.parametrize("which", ["moe", "dense"])
+def test_same_view_as_gguf_reader(files, which):
+    """libmole's metadata and tensor table equal gguf.GGUFReader's (the reader `mole inspect` used before), values
+    and their types: a float key stays a float (10000.0, not 10000) and an f32 shows its exact value."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    path = files[0] if which == "moe" else files[1]
+    r = gguf.GGUFReader(path)
+
+    def value(f):
+        v = list(f.contents()) if f.types[0] == gguf.GGUFValueType.ARRAY else f.contents()
+        return v.item() if isinstance(v, np.generic) else v
+
+    want_meta = {k: value(f) for k, f in r.fields.items() if not k.startswith("GGUF.")}
+    info = inspect(path)
+    assert list(info["metadata"]) == list(want_meta)
+    for k, v in want_meta.items():
+        got = info["metadata"][k]
+        assert got == v and type(got) is type(v), (k, got, v)
+    assert info["metadata"][G.KEY_ROPE_FREQ_BASE] == 10000.0 and isinstance(info["metadata"][G.KEY_ROPE_FREQ_BASE],
+                                                                              float)
+    assert info["gguf_version"] == int(r.fields["GGUF.version"].contents())
+    want = [{"name": t.name, "type": t.tensor_type.name, "shape": [int(x) for x in t.shape], "bytes": int(t.n_bytes),
+             "offset": int(t.data_offset)} for t in r.tensors]
+    assert info["tensors"] == want
+
+
+def test_truncated_file_gets_the_runtime_message(files, tmp_path, capsys):
+    """A cut-off file is named as such by libmole's loader (FormatError), not a numpy reshape ValueError."""
+    moe, _ = files
+    data = moe.read_bytes()
+    for n in (len(data) // 2, 4096 + 100, 64):
+        cut = tmp_path / f"cut-{n}.gguf"
+        cut.write_bytes(data[:n])
+        with pytest.raises(mole.FormatError) as e:
+            inspect(cut)
+        assert str(cut) in str(e.value) and "truncated" in str(e.value), str(e.value)
+        assert main_inspect([str(cut)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("mole inspect: error: ") and "truncated" in err and "reshape" not in err
+    r = base_install.mole("inspect", cut)
+    assert r.returncode == 1 and "truncated" in r.stderr and "Traceback" not in r.stderr

@@ -321,8 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_DELEGATED = {"convert": ("convert", "main_convert"), "inspect": ("inspect", "main_inspect"),
-              "train": ("train", "main")}
+_DELEGATED = {"convert": ("convert", "main_convert"), "train": ("train", "main")}
 
 
 def main(argv=None) -> int:
@@ -331,6 +330,9 @@ def main(argv=None) -> int:
         if argv and argv[0] in _DELEGATED:
             mod, fn = _DELEGATED[argv[0]]
             return int(getattr(_converter(mod), fn)(argv[1:]) or 0)
+        if argv and argv[0] == "inspect":
+            from .inspect import main_inspect
+            return main_inspect(argv[1:])
         parser = build_parser()
         a = parser.parse_args(argv)
         if not getattr(a, "fn", None):
