@@ -5,6 +5,10 @@ import sys
 
 import pytest
 
+import base_install
+from conftest import REPO
+from mole import cli
+
 
 def mole(*args, stdin=None, timeout=300):
     return subprocess.run([sys.executable, "-m", "mole", *map(str, args)], input=stdin, capture_output=True,
@@ -112,3 +116,24 @@ def test_bench_without_source_tree(model, tmp_path, monkeypatch):
     r = subprocess.run([sys.executable, "-m", "mole", "bench", "-m", str(path), "--dense", str(path)],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 1 and "MOLE_BENCH_DIR" in r.stderr
+
+
+# ---- the base install (`pip install .`: no torch, gguf, safetensors, tokenizers, tqdm) --------------------------
+
+@pytest.mark.parametrize("command", ["convert", "train"])
+def test_converter_commands_on_the_base_install(command, tmp_path):
+    """--help works without the converter's dependencies; running the command names the README's install command,
+    with the constraints file (without it pip pulls the multi-GB CUDA torch); bad usage is still exit 2."""
+    r = base_install.mole(command, "--help")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"usage: mole {command}") and "--help" in r.stdout
+    args = [tmp_path / "ckpt", tmp_path / "out.gguf"] if command == "convert" else \
+        ["--data", tmp_path / "t.txt", "--out", tmp_path / "out"]
+    r = base_install.mole(command, *args)
+    assert r.returncode == 1, r.stderr
+    assert cli.CONVERT_INSTALL == 'pip install -c tests/constraints.txt ".[convert]"'
+    assert cli.CONVERT_INSTALL in r.stderr and "No module named 'torch'" in r.stderr, r.stderr
+    assert "mole-cpp[" not in r.stderr and "Traceback" not in r.stderr
+    assert cli.CONVERT_INSTALL in (REPO / "README.md").read_text()    # the command the README gives
+    r = base_install.mole(command, "--no-such-flag")
+    assert r.returncode == 2 and "usage: mole " + command in r.stderr

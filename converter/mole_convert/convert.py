@@ -2,7 +2,6 @@
 written to DST.tmp-<pid> and renamed over DST only when complete. `mole convert` is main_convert()."""
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import pathlib
@@ -14,7 +13,8 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .errors import ConvertError
-from .gguf_out import LUT_TYPES, WEIGHT_TYPES, plan_tensors, write_gguf
+from .args import LUT_TYPES, WEIGHT_TYPES, convert_parser
+from .gguf_out import plan_tensors, write_gguf
 from .quantize import can_quantize
 from .reparam import LutStream
 from .tokenizer_meta import build_tokenizer_meta
@@ -105,30 +105,13 @@ def convert(src_dir, dst_path, lut_type: str = "q8_0", weight_type: str = "f16",
     return dst
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mole convert",
-                                description="Convert an HF MoLE checkpoint directory (training, re-parameterized "
-                                            "or dense form) to a GGUF file; the LUT is computed in streaming chunks.")
-    p.add_argument("src", metavar="SRC", help="checkpoint directory (config.json, weights, tokenizer.json)")
-    p.add_argument("dst", metavar="DST", help="output .gguf path (replaced only when complete)")
-    p.add_argument("--lut-type", choices=LUT_TYPES, default="q8_0", help="LUT storage type (default q8_0)")
-    p.add_argument("--weight-type", choices=WEIGHT_TYPES, default="f16",
-                   help="type of the dense matrices (default f16); norms and router stay f32")
-    p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
-    p.add_argument("--chunk-tokens", type=int, default=None, help="LUT rows per chunk (default: from --memory-mb)")
-    p.add_argument("--memory-mb", type=int, default=None,
-                   help="working-set budget for LUT chunks and expert weights in MiB (default 1536)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes")
-    return p
-
-
 def _sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
 
 def main_convert(argv=None) -> int:
     """`mole convert SRC DST [--lut-type ...] [--weight-type ...] [--threads N]`; returns the exit status."""
-    a = build_parser().parse_args(argv)
+    a = convert_parser().parse_args(argv)
     in_main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _sigterm) if in_main else None   # SIGTERM cleans up like Ctrl-C
     try:

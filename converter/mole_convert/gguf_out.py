@@ -11,14 +11,13 @@ import gguf
 from mole import gguf_names as G
 
 from . import checkpoint_names as C
+from .args import WEIGHT_TYPES
 from .checkpoint import Checkpoint
 from .errors import ConvertError
 from .progress import Progress
 from .quantize import can_quantize, ggml_type, quantize, row_bytes
 from .tokenizer_meta import TokenizerMeta
 
-WEIGHT_TYPES = ("f32", "f16", "bf16", "q8_0")
-LUT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 
 @dataclass
 class PlannedTensor:

@@ -3,7 +3,6 @@
 HF-layout checkpoint (`mole convert` takes it) plus train_state.pt (resume) and train_log.json (results)."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -14,76 +13,15 @@ import time
 import torch
 import torch.nn.functional as F
 
+from .args import MODEL_KEYS, PRESETS, parse_train_args as parse_args  # noqa: F401  (PRESETS: tests)
 from .checkpoint import save_checkpoint
 from .config import MoleConfig
 from .model import MoleForCausalLM
 from .tokenizer_train import ENDOFTEXT, train_bpe_tokenizer
 
-# Model and schedule presets for a 2-core CPU. "demo": V*L*N*d = 4096*4*4*256 = 16.8M LUT values
-# (~17.8 MB at q8_0) + ~4.6M dense weights (~4.9 MB at q8_0): a GGUF under 24 MB.
-PRESETS = {
-    "tiny": dict(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=1, num_experts=2, seq_len=32, batch_size=4, steps=40, lr=3e-3, warmup=4,
-                 eval_every=20, log_every=5, save_every=20),
-    "small": dict(vocab_size=2048, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, num_experts=4, seq_len=128, batch_size=16,
-                  steps=600, lr=2e-3, warmup=30, eval_every=100, log_every=10, save_every=200),
-    "demo": dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                 num_attention_heads=4, num_key_value_heads=4, num_experts=4, seq_len=128, batch_size=16,
-                 steps=1500, lr=2e-3, warmup=50, eval_every=500, log_every=10, save_every=250, time_limit=55.0),
-}
-MODEL_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-              "num_key_value_heads", "num_experts")
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}\n\n{% endfor %}"
     "{% if add_generation_prompt %}Assistant:{% endif %}")
-
-
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="mole train", description=__doc__.split("\n")[0])
-    p.add_argument("--data", nargs="+", type=pathlib.Path, help="training text files (UTF-8)")
-    p.add_argument("--out", type=pathlib.Path, required=True, help="output checkpoint directory")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="small")
-    p.add_argument("--experts", type=int, help="number of experts N (0 = dense); overrides the preset")
-    p.add_argument("--steps", type=int, help="total optimizer steps (also the end of the cosine schedule)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
-    p.add_argument("--stop-after", type=int, help="stop (and save) after this step; the schedule still ends at --steps")
-    p.add_argument("--time-limit", type=float,
-                   help="minutes: the lr schedule ends and training stops (and saves) by then, counting resumed time")
-    p.add_argument("--eval-file", type=pathlib.Path,
-                   help="held-out text; default: the last --eval-fraction of each --data file")
-    p.add_argument("--eval-fraction", type=float, default=0.02)
-    p.add_argument("--eval-tokens", type=int, default=0, help="cap on held-out tokens per eval (0 = all)")
-    for key in MODEL_KEYS[:-1]:
-        p.add_argument("--" + key.replace("_", "-"), type=int, dest=key)
-    for key, typ in (("seq_len", int), ("batch_size", int), ("lr", float), ("warmup", int),
-                     ("eval_every", int), ("log_every", int), ("save_every", int)):
-        p.add_argument("--" + key.replace("_", "-"), type=typ, dest=key)
-    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr = lr * this")
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="autocast dtype for matmuls")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--quiet", action="store_true", help="print only the final summary")
-    args = p.parse_args(argv)
-    for key, value in PRESETS[args.preset].items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    if args.experts is not None:
-        args.num_experts = args.experts
-    if not args.resume and not args.data:
-        p.error("--data is required (except with --resume)")
-    if args.stop_after is not None and args.stop_after < 1:
-        p.error("--stop-after must be at least 1")
-    for name in ("steps", "seq_len", "batch_size", "eval_every", "log_every", "save_every"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.num_experts < 0:
-        p.error("--experts must be >= 0")
-    if not 0.0 < args.eval_fraction < 0.5:
-        p.error("--eval-fraction must be in (0, 0.5)")
-    return args
 
 
 def read_texts(args) -> tuple[list[str], dict[str, str]]:

@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 an error (message on stderr), 2 bad usage, 130 interrup
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import sys
@@ -12,7 +13,20 @@ import time
 
 from . import _ffi, errors
 
-_TORCH_HINT = "this command needs the converter: pip install 'mole-cpp[convert]'"
+# How the converter's dependencies are installed (README): from the clone, with the constraints file, which keeps
+# pip from pulling the multi-GB CUDA build of torch.
+CONVERT_INSTALL = 'pip install -c tests/constraints.txt ".[convert]"'
+
+
+def _needs_converter(what: str, e: ImportError) -> errors.MoleError:
+    return errors.MoleError(f"{what} needs the converter's dependencies ({e}); install them from the root of the "
+                            f"mole.cpp clone with: {CONVERT_INSTALL}")
+
+
+def _is_dependency(e: ImportError) -> bool:
+    """A module outside this project is missing (a dependency), not one of ours that is broken."""
+    name = getattr(e, "name", None) or ""
+    return isinstance(e, ModuleNotFoundError) and name.split(".")[0] not in ("mole", "mole_convert")
 
 
 def _library_defaults() -> tuple[dict, dict]:
@@ -263,13 +277,24 @@ def _progress(done: int, total: int, t0: float, unit: str) -> None:
     sys.stderr.flush()
 
 
-def _converter(name: str):
+def _run_converter(command: str, argv: list[str]) -> int:
+    """`mole convert` / `mole train`: the arguments are parsed first by mole_convert.args, which needs no torch
+    (--help and usage errors work on the base install), then the converter is imported; when its dependencies
+    are missing, the error says how to install them."""
+    module, fn = _CONVERTER[command]
     try:
-        import mole_convert  # noqa: F401
-        import importlib
-        return importlib.import_module(f"mole_convert.{name}")
+        from mole_convert import args as converter_args
+
+        if command == "convert":
+            converter_args.convert_parser().parse_args(argv)
+        else:
+            converter_args.parse_train_args(argv)
+        main_fn = getattr(importlib.import_module(f"mole_convert.{module}"), fn)
     except ImportError as e:
-        raise errors.MoleError(f"{_TORCH_HINT} ({e})") from None
+        if not _is_dependency(e):
+            raise
+        raise _needs_converter(f"mole {command}", e) from None
+    return int(main_fn(argv) or 0)
 
 
 # ---- entry point ------------------------------------------------------------------------------
@@ -321,15 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_DELEGATED = {"convert": ("convert", "main_convert"), "train": ("train", "main")}
+_CONVERTER = {"convert": ("convert", "main_convert"), "train": ("train", "main")}
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] in _DELEGATED:
-            mod, fn = _DELEGATED[argv[0]]
-            return int(getattr(_converter(mod), fn)(argv[1:]) or 0)
+        if argv and argv[0] in _CONVERTER:
+            return _run_converter(argv[0], argv[1:])
         if argv and argv[0] == "inspect":
             from .inspect import main_inspect
             return main_inspect(argv[1:])
