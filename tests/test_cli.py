@@ -137,3 +137,18 @@ def test_converter_commands_on_the_base_install(command, tmp_path):
     assert cli.CONVERT_INSTALL in (REPO / "README.md").read_text()    # the command the README gives
     r = base_install.mole(command, "--no-such-flag")
     assert r.returncode == 2 and "usage: mole " + command in r.stderr
+
+
+def test_bench_from_the_clone_without_gguf(model):
+    """bench/bench_cpu.py needs gguf: from the clone's root `mole bench` then measures the model alone and says why;
+    asking for peers gives the install command, not a traceback."""
+    path, _ = model
+    r = base_install.mole("bench", "-m", path, "--prompt-tokens", "16", "--gen-tokens", "4", "--repeats", "1",
+                          cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert "decode 4 tokens:" in r.stdout and "tokens/s" in r.stdout
+    assert "bench_cpu.py" in r.stderr and cli.CONVERT_INSTALL in r.stderr and "Traceback" not in r.stderr
+    for peer in (["--dense", path], ["--torch"], ["--llama"]):
+        r = base_install.mole("bench", "-m", path, *peer, "--repeats", "1", cwd=REPO)
+        assert r.returncode == 1, (peer, r.stderr)
+        assert cli.CONVERT_INSTALL in r.stderr and "Traceback" not in r.stderr, r.stderr

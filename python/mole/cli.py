@@ -185,8 +185,8 @@ def cmd_perplexity(a) -> int:
 
 def cmd_bench(a) -> int:
     """Runs bench/bench_cpu.py's core (bench_model) on one model: prompt and decode speed, bandwidth fraction,
-    peak RSS, LUT bytes per token, LUT warm vs evicted, and the peers asked for (--dense, --llama, --torch)."""
-    import importlib
+    peak RSS, LUT bytes per token, LUT warm vs evicted, and the peers asked for (--dense, --llama, --torch).
+    Without the source tree's harness, or without its dependencies (gguf), it measures the model alone."""
     from pathlib import Path
 
     if os.environ.get("MOLE_BENCH_DIR"):      # where the harness is (a folder without it: the simple bench)
@@ -199,6 +199,19 @@ def cmd_bench(a) -> int:
             raise errors.MoleError("--dense/--llama/--torch need bench/bench_cpu.py of a mole.cpp source tree "
                                    "(run from the checkout, or set MOLE_BENCH_DIR); looked in "
                                    + ", ".join(map(str, candidates)))
+        return _bench_simple(a)
+    try:   # the harness reads files with the gguf package, and --torch runs the PyTorch model
+        importlib.import_module("gguf")
+        if a.torch:
+            importlib.import_module("torch")
+    except ImportError as e:
+        if not _is_dependency(e):
+            raise
+        if a.dense or a.llama or a.torch:
+            raise _needs_converter(f"mole bench --dense/--llama/--torch (the harness {bench_dir / 'bench_cpu.py'})",
+                                   e) from None
+        print(f"mole bench: the harness {bench_dir / 'bench_cpu.py'} needs the converter's dependencies ({e}; "
+              f"install them from the clone with: {CONVERT_INSTALL}); measuring the model alone", file=sys.stderr)
         return _bench_simple(a)
     if str(bench_dir) not in sys.path:
         sys.path.insert(0, str(bench_dir))
