@@ -118,6 +118,34 @@ def test_bench_without_source_tree(model, tmp_path, monkeypatch):
     assert r.returncode == 1 and "MOLE_BENCH_DIR" in r.stderr
 
 
+# ---- usage errors ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [
+    ["run", "-p", "Hello", "-n", "-5"], ["run", "-p", "Hello", "-n", "x"], ["run", "-p", "Hello", "-c", "0"],
+    ["run", "-p", "Hello", "-t", "0"], ["run", "-p", "Hello", "--temp", "-1"], ["run", "-p", "Hello", "--temp", "nan"],
+    ["run", "-p", "Hello", "--top-p", "1.5"], ["run", "-p", "Hello", "--min-p", "-0.1"],
+    ["run", "-p", "Hello", "--top-k", "-1"], ["run", "-p", "Hello", "--repeat-last-n", "-2"],
+    ["run", "-p", "Hello", "--repeat-penalty", "-1"], ["run", "-p", "Hello", "--lut-cache-mb", "-1"],
+    ["run", "-p", ""], ["chat", "-n", "-1"], ["perplexity", "-f", "t.txt", "--chars", "0"],
+    ["bench", "--repeats", "0"]])
+def test_bad_values_are_usage_errors_exit_2(model, args):
+    """A bad value is a usage error, as argparse reports it: exit 2, the usage on stderr, nothing on stdout (`mole
+    run` used to echo the prompt and then fail with exit 1)."""
+    path, _ = model
+    r = mole(*args, "-m", path, stdin="")
+    assert r.returncode == 2, (args, r.returncode, r.stderr)
+    assert r.stdout == "", args
+    assert "usage: mole" in r.stderr and "error:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_good_edge_values_still_run(model):
+    path, _ = model
+    r = mole("run", "-m", path, "-p", "Hello", "-n", "0", "--temp", "0", "--top-p", "1", "--min-p", "0",
+             "--top-k", "0", "--lut-cache-mb", "0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "Hello\n"
+
+
 # ---- the base install (`pip install .`: no torch, gguf, safetensors, tokenizers, tqdm) --------------------------
 
 @pytest.mark.parametrize("command", ["convert", "train"])

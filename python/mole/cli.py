@@ -1,6 +1,7 @@
 """The `mole` command: convert, inspect, run, chat, train, perplexity, bench.
 
-Exit codes: 0 success, 1 an error (message on stderr), 2 bad usage, 130 interrupted (Ctrl-C).
+Exit codes: 0 success, 1 an error (message on stderr), 2 bad usage (argparse's message: an unknown flag or a bad
+value such as `-n -5`), 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
@@ -46,25 +47,27 @@ def _default(defaults: dict, key: str) -> str:
 def _add_model_args(p: argparse.ArgumentParser, ctx: dict, ctx_default: int | None = None) -> None:
     """Model and context options; None (the default) leaves a value to the library (ctx: its defaults)."""
     p.add_argument("-m", "--model", default=None, help="model .gguf (default: the bundled demo model)")
-    p.add_argument("-c", "--ctx", type=int, default=ctx_default,
+    p.add_argument("-c", "--ctx", type=_positive, default=ctx_default,
                    help=f"context length (default {ctx_default})" if ctx_default is not None
                    else "context length (default: the model's training context, mole.context_length)")
-    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: one per physical core)")
+    p.add_argument("-t", "--threads", type=_positive, default=None, help="CPU threads (default: one per physical core)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="compute device (default cpu)")
-    p.add_argument("--lut-cache-mb", type=int, default=None,
+    p.add_argument("--lut-cache-mb", type=_non_negative, default=None,
                    help=f"LUT row cache size in MB, 0 disables (default {_default(ctx, 'lut_cache_mb')})")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, d: dict) -> None:
     """Sampling options; each default is None, which Model turns into the library's value (shown from d)."""
-    p.add_argument("--temp", type=float, default=None,
+    p.add_argument("--temp", type=_float_in(0), default=None,
                    help=f"temperature; 0 = greedy (default {_default(d, 'temperature')})")
-    p.add_argument("--top-k", type=int, default=None, help=f"top-k, 0 = off (default {_default(d, 'top_k')})")
-    p.add_argument("--top-p", type=float, default=None, help=f"top-p, 1 = off (default {_default(d, 'top_p')})")
-    p.add_argument("--min-p", type=float, default=None, help=f"min-p, 0 = off (default {_default(d, 'min_p')})")
-    p.add_argument("--repeat-penalty", type=float, default=None,
+    p.add_argument("--top-k", type=_non_negative, default=None, help=f"top-k, 0 = off (default {_default(d, 'top_k')})")
+    p.add_argument("--top-p", type=_float_in(0, 1), default=None,
+                   help=f"top-p, 1 = off (default {_default(d, 'top_p')})")
+    p.add_argument("--min-p", type=_float_in(0, 1), default=None,
+                   help=f"min-p, 0 = off (default {_default(d, 'min_p')})")
+    p.add_argument("--repeat-penalty", type=_float_in(0), default=None,
                    help=f"repetition penalty, 1 = off (default {_default(d, 'repeat_penalty')})")
-    p.add_argument("--repeat-last-n", type=int, default=None,
+    p.add_argument("--repeat-last-n", type=_non_negative, default=None,
                    help=f"tokens the penalty looks back over (default {_default(d, 'repeat_last_n')})")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
 
@@ -83,17 +86,18 @@ def _open_model(a):
 # ---- subcommands ------------------------------------------------------------------------------
 
 def cmd_run(a) -> int:
+    prompt = a.prompt if a.prompt is not None else sys.stdin.read()
+    if not prompt:
+        a.parser.error("the prompt is empty: give -p TEXT or text on stdin")
     with _open_model(a) as m:
-        prompt = a.prompt if a.prompt is not None else sys.stdin.read()
+        # The arguments are checked (and the prompt tokenized) here, before anything is written to stdout.
+        pieces = m.generate(prompt, max_tokens=a.n_predict, stream=True, ignore_eos=a.ignore_eos, **_sampling(a))
         sys.stdout.write(prompt)
         sys.stdout.flush()
         t0 = time.perf_counter()
-        n = 0
-        for piece in m.generate(prompt, max_tokens=a.n_predict, stream=True, ignore_eos=a.ignore_eos,
-                                **_sampling(a)):
+        for piece in pieces:
             sys.stdout.write(piece)
             sys.stdout.flush()
-            n += 1
         sys.stdout.write("\n")
         if a.verbose:
             dt = time.perf_counter() - t0
@@ -274,11 +278,32 @@ def _bench_simple(a) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return n
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = None
+        if n is None or n < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return n
+    return parse
+
+
+_positive, _non_negative = _int_at_least(1), _int_at_least(0)
+
+
+def _float_in(low: float, high: float | None = None):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+        if not (v >= low and (high is None or v <= high)) or math.isinf(v):
+            raise argparse.ArgumentTypeError(f"must be a number >= {low:g}{f' and <= {high:g}' if high else ''}, "
+                                             f"got {text!r}")
+        return v
+    return parse
 
 
 def _progress(done: int, total: int, t0: float, unit: str) -> None:
@@ -324,15 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="complete one prompt, streamed")
     _add_model_args(r, ctx)
     r.add_argument("-p", "--prompt", default=None, help="prompt text (default: read stdin)")
-    r.add_argument("-n", "--n-predict", type=int, default=128, help="tokens to generate (default 128)")
+    r.add_argument("-n", "--n-predict", type=_non_negative, default=128, help="tokens to generate (default 128)")
     r.add_argument("-v", "--verbose", action="store_true", help="print counters to stderr")
     r.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-text tokens")
     _add_sampling_args(r, sampling)
-    r.set_defaults(fn=cmd_run)
+    r.set_defaults(fn=cmd_run, parser=r)
 
     c = sub.add_parser("chat", help="interactive chat (reads lines from stdin)")
     _add_model_args(c, ctx)
-    c.add_argument("-n", "--n-predict", type=int, default=256, help="most tokens per reply (default 256)")
+    c.add_argument("-n", "--n-predict", type=_non_negative, default=256, help="most tokens per reply (default 256)")
     c.add_argument("--system", default=None, help="system message")
     _add_sampling_args(c, sampling)
     c.set_defaults(fn=cmd_chat)
@@ -340,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("perplexity", help="perplexity and bits per byte of a text file")
     _add_model_args(q, ctx, ctx_default=512)   # perplexity's evaluation window, as llama.cpp's
     q.add_argument("-f", "--file", required=True, help="text file")
-    q.add_argument("--chars", type=int, default=None, help="only the first N characters")
+    q.add_argument("--chars", type=_positive, default=None, help="only the first N characters")
     q.set_defaults(fn=cmd_perplexity)
 
     b = sub.add_parser("bench", help="prompt and decode speed of a model, side by side with its peers")
