@@ -133,3 +133,21 @@ def test_truncated_file_gets_the_runtime_message(files, tmp_path, capsys):
         assert err.startswith("mole inspect: error: ") and "truncated" in err and "reshape" not in err
     r = base_install.mole("inspect", cut)
     assert r.returncode == 1 and "truncated" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_inspect_output_into_a_closed_pipe(files):
+    """`mole inspect FILE | head`: no "[Errno 32] Broken pipe", no traceback; the exit status of a Unix tool that
+    SIGPIPE ended (141)."""
+    moe, _ = files
+    p = subprocess.Popen([sys.executable, "-m", "mole", "inspect", str(moe), "--json"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=base_install.env())
+    p.stdout.close()                     # the reader is gone before the first write
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141, err
+    assert err == ""
+    # a real pipeline, on output much longer than a pipe's buffer (the demo model's vocabulary and merges)
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", f'"{sys.executable}" -m mole inspect --json '
+                        f'"{mole.demo_model_path()}" | head -n 3; echo "status ${{PIPESTATUS[0]}}" >&2'],
+                       capture_output=True, text=True, env=base_install.env(), timeout=120)
+    assert r.stdout.splitlines()[0] == "{" and len(r.stdout.splitlines()) == 3
+    assert r.stderr.strip() == "status 141", r.stderr

@@ -1,7 +1,8 @@
 """The `mole` command: convert, inspect, run, chat, train, perplexity, bench.
 
 Exit codes: 0 success, 1 an error (message on stderr), 2 bad usage (argparse's message: an unknown flag or a bad
-value such as `-n -5`), 130 interrupted (Ctrl-C).
+value such as `-n -5`), 130 interrupted (Ctrl-C), 141 stdout closed early (as a Unix tool killed by SIGPIPE:
+`mole inspect FILE | head` prints no error).
 """
 from __future__ import annotations
 
@@ -390,23 +391,40 @@ _CONVERTER = {"convert": ("convert", "main_convert"), "train": ("train", "main")
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] in _CONVERTER:
-            return _run_converter(argv[0], argv[1:])
-        if argv and argv[0] == "inspect":
-            from .inspect import main_inspect
-            return main_inspect(argv[1:])
-        parser = build_parser()
-        a = parser.parse_args(argv)
-        if not getattr(a, "fn", None):
-            parser.print_help()
-            return 2
-        return a.fn(a)
+        rc = _dispatch(argv)
+        sys.stdout.flush()   # a reader that went away shows up here, not as a message at interpreter exit
+        return rc
+    except BrokenPipeError:
+        return _stdout_closed()
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
     except (errors.MoleError, OSError, ValueError) as e:
         print(f"mole: error: {e}", file=sys.stderr)
         return 1
+
+
+def _dispatch(argv: list[str]) -> int:
+    if argv and argv[0] in _CONVERTER:
+        return _run_converter(argv[0], argv[1:])
+    if argv and argv[0] == "inspect":
+        from .inspect import main_inspect
+        return main_inspect(argv[1:])
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if not getattr(a, "fn", None):
+        parser.print_help()
+        return 2
+    return a.fn(a)
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout is gone (`mole inspect FILE | head`): no message, the exit status of a Unix tool killed
+    by SIGPIPE (128 + 13), and stdout pointed at /dev/null so that the interpreter's last flush stays quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 if __name__ == "__main__":
