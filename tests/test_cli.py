@@ -1,5 +1,6 @@
 """The `mole` command through subprocess: run, inspect, chat from stdin, convert, exit codes."""
 import json
+import re
 import subprocess
 import sys
 
@@ -65,8 +66,8 @@ def test_chat_from_stdin(model):
     path, _ = model
     r = mole("chat", "-m", path, "-n", "8", "--temp", "0", stdin="Hello there\n/stats\n/reset\nHow are you?\n")
     assert r.returncode == 0, r.stderr
-    assert "tokens_evaluated" in r.stdout
-    assert "history cleared" in r.stderr
+    assert "tokens evaluated:" in r.stdout
+    assert "history and counters cleared" in r.stderr
 
 
 def test_convert_cli(model, tmp_path):
@@ -144,6 +145,74 @@ def test_good_edge_values_still_run(model):
              "--top-k", "0", "--lut-cache-mb", "0")
     assert r.returncode == 0, r.stderr
     assert r.stdout == "Hello\n"
+
+
+# ---- mole chat ---------------------------------------------------------------------------------
+
+def _numbers(text: str) -> list[str]:
+    return re.findall(r"\d+(?:\.\d+)?", text)
+
+
+def test_chat_commands_are_not_sent_to_the_model(model):
+    """/help lists the commands, /stats and /quit are commands: none of them reaches the model, and nothing after
+    /quit is read."""
+    path, _ = model
+    r = mole("chat", "-m", path, "-n", "4", "--temp", "0", stdin="/help\n/stats\n/quit\nHello\n")
+    assert r.returncode == 0, r.stderr
+    for command in ("/help", "/reset", "/stats", "/quit"):
+        assert command in r.stdout, command
+    assert re.search(r"tokens evaluated:\s+0 in 0 steps", r.stdout), r.stdout
+    assert re.search(r"context:\s+0 of \d+ tokens", r.stdout), r.stdout
+    assert r.stdout.rstrip().splitlines()[-1].startswith("LUT cache holds:")   # no reply after /quit
+
+
+def test_chat_unknown_command(model):
+    path, _ = model
+    r = mole("chat", "-m", path, "-n", "4", "--temp", "0", stdin="/halp\n/stats\n")
+    assert r.returncode == 0, r.stderr
+    assert "unknown command /halp" in r.stderr and "/help" in r.stderr
+    assert re.search(r"tokens evaluated:\s+0 in 0 steps", r.stdout), r.stdout
+
+
+def test_chat_stats_are_labelled_and_rounded(model):
+    path, _ = model
+    r = mole("chat", "-m", path, "-n", "4", "--temp", "0", stdin="Hello there\n/stats\n")
+    assert r.returncode == 0, r.stderr
+    stats = r.stdout[r.stdout.index("tokens evaluated:"):]
+    labels = [line.split(":")[0] for line in stats.strip().splitlines()]
+    assert labels == ["tokens evaluated", "context", "LUT rows fetched", "LUT cache hits", "LUT cache holds"]
+    assert all(len(n.split(".")[1]) <= 2 for n in _numbers(stats) if "." in n), stats   # no raw float digits
+    assert "tokens/s" in stats and "ms" in stats and "% of lookups" in stats
+    assert int(re.search(r"tokens evaluated:\s+(\d+)", stats).group(1)) > 0
+
+
+def test_chat_reset_clears_the_counters_it_shows(model):
+    path, _ = model
+    r = mole("chat", "-m", path, "-n", "4", "--temp", "0", stdin="Hello there\n/stats\n/reset\n/stats\n")
+    assert r.returncode == 0, r.stderr
+    before, after = r.stdout.split("tokens evaluated:")[1:]
+    assert int(before.split()[0]) > 0
+    assert re.match(r"\s+0 in 0 steps", after), after
+    assert re.search(r"context:\s+0 of", after) and re.search(r"LUT rows fetched:\s+0 ", after), after
+
+
+def test_chat_ctrl_d_leaves_a_newline(model):
+    """At a terminal, Ctrl-D at the "> " prompt ends the chat on a fresh line (the shell's prompt does not land
+    after "> ")."""
+    import os
+    import pty
+
+    path, _ = model
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "mole", "chat", "-m", str(path), "-n", "4", "--temp", "0"],
+                         stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.close(slave)
+    os.write(master, b"\x04")             # Ctrl-D at the start of a line: end of input
+    out, err = p.communicate(timeout=120)
+    os.close(master)
+    assert p.returncode == 0, err
+    assert err.decode().endswith("> \n"), err
+    assert "/help" in err.decode()        # the banner names the commands
 
 
 # ---- the base install (`pip install .`: no torch, gguf, safetensors, tokenizers, tqdm) --------------------------

@@ -108,33 +108,70 @@ def cmd_run(a) -> int:
     return 0
 
 
+# `mole chat`'s commands: a line that is one of these is not sent to the model.
+CHAT_COMMANDS = {
+    "/help": "list these commands",
+    "/reset": "start over: clear the conversation and the counters /stats shows",
+    "/stats": "show the counters: tokens evaluated, context use, LUT rows fetched and cache hits",
+    "/quit": "leave (Ctrl-D too)",
+}
+
+
+def format_stats(s: dict) -> str:
+    """Model.stats() for people: labelled, rounded, with units."""
+    from .inspect import _size
+
+    ms, tokens, steps = s["t_eval_ms"], s["tokens_evaluated"], s["steps"]
+    lookups = s["lut_rows_fetched"] + s["lut_cache_hits"]
+    speed = f", {tokens / (ms / 1000):.1f} tokens/s" if ms > 0 else ""
+    hits = f" ({100 * s['lut_cache_hits'] / lookups:.1f}% of lookups)" if lookups else ""
+    rows = [("tokens evaluated", f"{tokens} in {steps} steps, {ms:.1f} ms{speed}"),
+            ("context", f"{s['tokens_in_context']} of {s['n_ctx']} tokens"),
+            ("LUT rows fetched", f"{s['lut_rows_fetched']} ({_size(s['lut_bytes_fetched'])}), "
+                                 f"{s['t_lut_ms']:.1f} ms"),
+            ("LUT cache hits", f"{s['lut_cache_hits']}{hits}"),
+            ("LUT cache holds", _size(s["lut_cache_bytes"]))]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k + ':':<{width + 1}}  {v}" for k, v in rows)
+
+
 def cmd_chat(a) -> int:
     with _open_model(a) as m:
         history = [{"role": "system", "content": a.system}] if a.system else []
         interactive = sys.stdin.isatty()
         if interactive:
-            print(f"mole chat: {m!r}\n/reset clears the history, /stats shows counters, Ctrl-D leaves.",
-                  file=sys.stderr)
+            print(f"mole chat: {m!r}\n/help lists the commands; /quit or Ctrl-D leaves.", file=sys.stderr)
         while True:
             if interactive:
                 sys.stderr.write("> ")
                 sys.stderr.flush()
             line = sys.stdin.readline()
             if not line:
+                if interactive:
+                    sys.stderr.write("\n")   # Ctrl-D: the shell's prompt starts on a line of its own
                 break
-            line = line.rstrip("\n")
-            if not line.strip():
+            text, line = line.rstrip("\n"), line.strip()
+            if not line:
                 continue
-            if line.strip() == "/reset":
+            if line == "/quit":
+                break
+            if line == "/help":
+                width = max(map(len, CHAT_COMMANDS))
+                print("\n".join(f"{c:<{width}}  {what}" for c, what in CHAT_COMMANDS.items()))
+                continue
+            if line == "/reset":
                 history = history[:1] if a.system else []
                 m.reset()
-                print("(history cleared)", file=sys.stderr)
+                m.reset_stats()
+                print("(history and counters cleared)", file=sys.stderr)
                 continue
-            if line.strip() == "/stats":
-                for k, v in m.stats().items():
-                    print(f"{k}: {v}")
+            if line == "/stats":
+                print(format_stats(m.stats()))
                 continue
-            history.append({"role": "user", "content": line})
+            if line.startswith("/") and " " not in line:
+                print(f"(unknown command {line}; /help lists the commands)", file=sys.stderr)
+                continue
+            history.append({"role": "user", "content": text})
             reply = []
             try:
                 for chunk in m.chat(history, stream=True, max_tokens=a.n_predict, **_sampling(a)):
