@@ -1,5 +1,5 @@
 /* embed: the smallest desktop-app use of libmole: load a model, stream a completion to stdout.
- * Build against an installed libmole: see CMakeLists.txt here (find_package(mole)). */
+ * Build it against an installed libmole: README, section C (CMake: CMakeLists.txt here; or pkg-config). */
 #include <mole.h>
 #include <stdio.h>
 #include <stdlib.h>

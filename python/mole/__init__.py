@@ -15,7 +15,7 @@ DISTRIBUTION = "mole-cpp"   # the package's name on PyPI (pyproject.toml)
 
 __all__ = ["Model", "demo_model_path", "MoleError", "FormatError", "ContextFullError", "InvalidArgumentError",
            "ModelFileNotFoundError", "ModelIOError", "ModelMemoryError", "UnsupportedError", "CancelledError",
-           "BackendError", "LibraryError", "system_info"]
+           "BackendError", "LibraryError", "system_info", "get_cmake_dir", "get_pkgconfig_dir"]
 
 DEMO_MODEL = "demo.gguf"
 
@@ -57,3 +57,31 @@ def system_info() -> str:
     from . import _ffi
     L = _ffi.get()
     return L.ffi.string(L.lib.mole_system_info()).decode()
+
+
+def get_cmake_dir() -> str:
+    """The folder holding the installed package's moleConfig.cmake (as pybind11.get_cmake_dir()): an app's CMake
+    build links the wheel's libmole with `cmake -Dmole_DIR=<it>`, find_package(mole) and target mole::mole."""
+    return str(_installed_dir("cmake", "moleConfig.cmake"))
+
+
+def get_pkgconfig_dir() -> str:
+    """The folder holding the installed package's mole.pc: `PKG_CONFIG_PATH=<it> pkg-config --cflags --libs mole`."""
+    return str(_installed_dir("pkgconfig", "mole.pc"))
+
+
+def _installed_dir(folder: str, name: str) -> _Path:
+    """mole/<folder> of the installed package: beside this file, or, for an editable install (whose Python files
+    stay in the source tree), in the distribution's own files."""
+    from importlib import metadata
+
+    candidates = [_Path(__file__).resolve().parent / folder]
+    try:
+        candidates.append(_Path(metadata.distribution(DISTRIBUTION).locate_file(f"mole/{folder}")))
+    except metadata.PackageNotFoundError:
+        pass
+    for d in candidates:
+        if (d / name).is_file():
+            return d
+    raise LibraryError(f"{name} not found in {' or '.join(map(str, candidates))}: the CMake and pkg-config files come "
+                       f"with the installed package (pip install .)")

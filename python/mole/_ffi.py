@@ -23,7 +23,7 @@ _loaded = None
 
 
 def _header_path() -> Path:
-    for p in (_HERE / "mole.h", _HERE.parent.parent / "runtime" / "include" / "mole.h"):
+    for p in (_HERE / "include" / "mole.h", _HERE.parent.parent / "runtime" / "include" / "mole.h"):
         if p.is_file():
             return p
     raise errors.LibraryError(f"mole.h not found beside {_HERE} (is the package installed?)")
