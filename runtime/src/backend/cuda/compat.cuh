@@ -24,7 +24,7 @@
 #define MOLE_DEV __device__ __forceinline__
 #define MOLE_HOST_DEV __host__ __device__ __forceinline__
 #define MOLE_SHARED(T, name, N) __shared__ T name[N]
-#define MOLE_DYNAMIC_SHARED(T, name)                                  \
+#define MOLE_DYNAMIC_SHARED(T, name)                                \
     extern __shared__ __align__(16) unsigned char mole_dyn_smem_[]; \
     T *const name = reinterpret_cast<T *>(mole_dyn_smem_)
 #define MOLE_LAUNCH(kernel, grid, block, shmem, stream, ...) kernel<<<grid, block, shmem, stream>>>(__VA_ARGS__)
@@ -38,9 +38,9 @@
 #define MOLE_HOST_DEV inline
 // One allocation per declaration per block, shared by the block's threads, fresh (and poisoned:
 // NaN as floats) for every block, so ASan sees an out-of-bounds index.
-#define MOLE_SHARED(T, name, N)          \
+#define MOLE_SHARED(T, name, N)         \
     static char mole_shared_key_##name; \
-    T *const name = static_cast<T *>(    \
+    T *const name = static_cast<T *>(   \
         ::mole_simt::detail::shared_static(&mole_shared_key_##name, sizeof(T) * size_t(N), alignof(T), #name))
 #define MOLE_DYNAMIC_SHARED(T, name) T *const name = static_cast<T *>(::mole_simt::detail::shared_dynamic())
 #define MOLE_LAUNCH(kernel, ...) ::mole_simt::detail::launch_kernel(#kernel, kernel, __VA_ARGS__)
