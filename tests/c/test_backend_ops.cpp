@@ -11,6 +11,9 @@
 #include <memory>
 
 #include "backend/backend.h"
+#ifdef MOLE_SIMT
+#include "simt.h"
+#endif
 #include "backend/cpu/kernels.h"
 #include "lut_reader.h"
 #include "mmap.h"
@@ -666,6 +669,12 @@ std::vector<Case> table() {
                 c.n = sh.n, c.k = sh.k, c.S = S;
                 t.push_back(c);
             }
+    for (Type ty : all)   // every row count of the matrix-vector kernels (S <= 8)
+        for (int64_t S : {2, 4, 5, 6, 8}) {
+            Case c{&kMatmul, ty};
+            c.n = 37, c.k = is_quantized(ty) ? 96 : 100, c.S = S;
+            t.push_back(c);
+        }
     for (int64_t S : {1, 5, 70}) {
         Case c{&kMatmulGroup};
         c.k = 96, c.S = S;
@@ -818,6 +827,15 @@ int main() {
         }
     }
     cpu::set_isa(cpu::best_isa());
+#ifdef MOLE_SIMT   // what the executor ran: every CUDA kernel the table reached
+    uint64_t launches = 0;
+    const auto kernels = mole_simt::kernel_counts();
+    for (const auto &k : kernels) launches += k.launches;
+    std::printf("SIMT executor (%s order): %zu kernel instantiations, %llu launches; %llu executor reports\n",
+                std::getenv("MOLE_SIMT_ORDER") ? std::getenv("MOLE_SIMT_ORDER") : "forward", kernels.size(),
+                (unsigned long long)launches, (unsigned long long)mole_simt_failures());
+    check(mole_simt_failures() == 0, "the SIMT executor reported no kernel error");
+#endif
     std::printf("%zu cases on %zu variants: %d passed, %d failed\n", cases.size(), live.size(), g_pass, g_fail);
     return g_fail == 0 ? 0 : 1;
 }
