@@ -139,6 +139,14 @@ def test_bad_values_are_usage_errors_exit_2(model, args):
     assert "usage: mole" in r.stderr and "error:" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+def test_run_prints_nothing_before_an_error(model):
+    """A prompt the context cannot hold fails before `mole run` echoes it (stdout stays empty)."""
+    path, _ = model
+    r = mole("run", "-m", path, "-c", "4", "-p", "Hello there, " * 20, "-n", "4")
+    assert r.returncode == 1 and "context" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert r.stdout == ""
+
+
 def test_good_edge_values_still_run(model):
     path, _ = model
     r = mole("run", "-m", path, "-p", "Hello", "-n", "0", "--temp", "0", "--top-p", "1", "--min-p", "0",
