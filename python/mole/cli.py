@@ -308,7 +308,8 @@ def _bench_simple(a) -> int:
                 m.eval([t])
             tg.append(a.gen_tokens / (time.perf_counter() - t0))
         s = m.stats()
-        print(f"model {m!r}\n{m.n_threads} threads (the harness with peers needs the source tree's bench/)\n"
+        print(f"model {m!r}\n{m.n_threads} threads (the harness with peers needs the source tree's bench/ and "
+              f".[convert])\n"
               f"prompt {a.prompt_tokens} tokens: {statistics.median(pp):.1f} tokens/s (median of {a.repeats})\n"
               f"decode {a.gen_tokens} tokens: {statistics.median(tg):.1f} tokens/s\n"
               f"LUT rows fetched {s['lut_rows_fetched']}, bytes {s['lut_bytes_fetched']}, "
