@@ -82,6 +82,11 @@ def run_parity(lib, model_factory, tmp_path):
             _, _, cfg = model_factory(lut, w)
             err = rel_err(gpu, reference(cfg, "training", IDS))
             assert err <= tol, f"{lut}/{w}: CUDA vs PyTorch relative error {err:.3g} > {tol}"
+        # Only the uncached distinct rows cross, once each; the second evaluation finds them all cached.
+        rows, to_device, to_device_after, hits, row_bytes = got[f"lut{i}"]
+        k = len(set(IDS))
+        assert (rows, to_device) == (k, k * row_bytes), (lut, w, rows, to_device, k, row_bytes)
+        assert to_device_after == to_device and hits == k, (lut, w, to_device_after, hits)
 
 
 def test_end_to_end_on_the_simt_executor(build_dir, model_factory, tmp_path):

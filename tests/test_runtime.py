@@ -356,3 +356,32 @@ def test_lut_rows_read_without_readahead(tmp_path, model_factory):
     after = _resident_pages(path, lut_off, lut_bytes)
     pages_per_row = max(1, row // mmap.PAGESIZE)
     assert after <= len(ids) * (pages_per_row + 1) + 4, f"{after} LUT pages resident after reading {len(ids)} rows"
+
+
+def test_context_and_decoder_keep_their_model_alive(model_factory):
+    """mole_model_free before the context and decoder made from it: both keep working (they share the
+    model, which goes with the last of them), so freeing in the wrong order is not a use after free."""
+    import numpy as np
+    from mole import _ffi
+    path, _, _ = model_factory("q8_0", "f32")
+    L = _ffi.get()
+    ffi, lib = L.ffi, L.lib
+    out = ffi.new("struct mole_model **")
+    _ffi.check(lib.mole_model_load(str(path).encode(), ffi.NULL, out))
+    model = out[0]
+    info = ffi.new("struct mole_model_info *")
+    _ffi.check(lib.mole_model_get_info(model, info))
+    cout = ffi.new("struct mole_context **")
+    _ffi.check(lib.mole_context_new(model, ffi.NULL, cout))
+    dout = ffi.new("struct mole_decoder **")
+    _ffi.check(lib.mole_decoder_new(model, dout))
+    lib.mole_model_free(model)   # first: the context and the decoder still hold it
+    tokens = np.array([1, 2, 3, 4], np.int32)
+    logits = np.empty((4, info.n_vocab), np.float32)
+    _ffi.check(lib.mole_decode(cout[0], 4, ffi.from_buffer("int32_t[]", tokens), ffi.NULL, ffi.NULL,
+                               ffi.from_buffer("float[]", logits), logits.size))
+    assert np.isfinite(logits).all()
+    buf, n = ffi.new("char[]", 64), ffi.new("size_t *")
+    _ffi.check(lib.mole_decoder_push(dout[0], 65, buf, 64, n))
+    lib.mole_decoder_free(dout[0])
+    lib.mole_context_free(cout[0])   # the model goes now

@@ -54,7 +54,9 @@ def _add_model_args(p: argparse.ArgumentParser, ctx: dict, ctx_default: int | No
     p.add_argument("-t", "--threads", type=_positive, default=None, help="CPU threads (default: one per physical core)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="compute device (default cpu)")
     p.add_argument("--lut-cache-mb", type=_non_negative, default=None,
-                   help=f"LUT row cache size in MB, 0 disables (default {_default(ctx, 'lut_cache_mb')})")
+                   help="LUT row cache size in MB, 0 disables (default: the backend's choice, 64 on the CPU)"
+                   if ctx.get("lut_cache_mb") == -1 else
+                   f"LUT row cache size in MB, 0 disables (default {_default(ctx, 'lut_cache_mb')})")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, d: dict) -> None:

@@ -25,8 +25,9 @@ class Model:
 
     Every None means the C library's default (mole_context_default_params): n_ctx None is the model's
     training context length (the file's mole.context_length); n_threads None is one thread per physical
-    core; n_batch None is 512 tokens per forward step; lut_cache_mb None is a 64 MB LUT row cache (0 turns
-    it off). The context actually made is in .n_ctx, .n_threads and .n_batch.
+    core; n_batch None is 512 tokens per forward step; lut_cache_mb None is the backend's choice of LUT row
+    cache (64 MB on the CPU; on CUDA the whole LUT when it fits in half the free VRAM; 0 turns it off).
+    The context actually made is in .n_ctx, .n_threads and .n_batch.
     """
 
     def __init__(self, path, n_ctx: int | None = None, n_threads: int | None = None, device: str = "cpu",
@@ -386,7 +387,8 @@ class Model:
         s = self._L.ffi.new("struct mole_stats *")
         _ffi.check(self._lib.mole_context_get_stats(self._live_ctx(), s))
         out = {k: getattr(s, k) for k in ("lut_rows_fetched", "lut_bytes_fetched", "lut_cache_hits",
-                                          "tokens_evaluated", "steps", "lut_cache_bytes", "t_eval_ms", "t_lut_ms")}
+                                          "tokens_evaluated", "steps", "lut_cache_bytes", "t_eval_ms", "t_lut_ms",
+                                          "lut_bytes_to_device", "t_lut_wait_ms")}
         out["lut_row_bytes"] = int(self._info["lut_row_bytes"])
         out["n_ctx"] = self.n_ctx
         out["tokens_in_context"] = len(self._tokens)

@@ -10,7 +10,7 @@
  *     and the size needed in the out-parameter.
  * Threading
  *   - A mole_model is read-only after load and may be shared by any number of contexts and
- *     threads. A mole_context (and a mole_sampler, a mole_decoder) must be used by one thread at a
+ *     threads. Contexts and decoders keep their model alive: mole_model_free may come first. A mole_context (and a mole_sampler, a mole_decoder) must be used by one thread at a
  *     time; mole_context_cancel() is the exception and may be called from any thread.
  *
  * This header is parsed by the Python binding (cffi): keep declarations plain C, one per line
@@ -22,7 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MOLE_ABI_VERSION 1
+#define MOLE_ABI_VERSION 2
 
 #ifdef __cplusplus
 extern "C" {
@@ -160,7 +160,9 @@ struct mole_context_params {
     int32_t n_seq_max;         /* sequences held at once (batched decoding); default 1 */
     int32_t n_threads;         /* CPU worker threads; 0 = one per physical core */
     int32_t n_batch;           /* most tokens processed in one forward step; default 512 */
-    int64_t lut_cache_mb;      /* LUT row cache in MB; default 64; 0 disables; -1 = default */
+    int64_t lut_cache_mb;      /* LUT row cache in MB; 0 disables; -1 (default): the backend's choice,
+                                  64 on the CPU, on CUDA the whole LUT if it fits in half the free VRAM
+                                  (at most 32 GB), else that much; mole_context_get_params gives it */
 };
 
 struct mole_stats {
@@ -172,6 +174,8 @@ struct mole_stats {
     uint64_t lut_cache_bytes;    /* bytes the cache holds now */
     double t_eval_ms;            /* wall time inside mole_decode */
     double t_lut_ms;             /* of which: gathering LUT rows */
+    uint64_t lut_bytes_to_device; /* LUT bytes copied host-to-device (CUDA; 0 on the CPU) */
+    double t_lut_wait_ms;        /* host time waiting for LUT copies to finish (CUDA) */
 };
 
 MOLE_API void mole_context_default_params(struct mole_context_params *out);

@@ -12,16 +12,20 @@
 #include "sampler.h"
 #include "tokenizer.h"
 
+// A context and a streaming decoder share their model: mole_model_free before them only drops the
+// handle's share, and the model goes when the last of them does.
 struct mole_model {
-    std::unique_ptr<mole::Model> impl;
+    std::shared_ptr<mole::Model> impl;
 };
 struct mole_context {
+    std::shared_ptr<const mole::Model> model;   // declared first: destroyed after impl
     std::unique_ptr<mole::Context> impl;
 };
 struct mole_sampler {
     std::unique_ptr<mole::Sampler> impl;
 };
 struct mole_decoder {
+    std::shared_ptr<const mole::Model> model;
     std::unique_ptr<mole::StreamDecoder> impl;
 };
 
@@ -305,6 +309,7 @@ MOLE_API enum mole_status mole_decoder_new(const struct mole_model *model, struc
     *out = nullptr;
     if (Status s = need_tokenizer(__func__, model)) return s;
     auto d = std::make_unique<mole_decoder>();
+    d->model = model->impl;
     d->impl = std::make_unique<mole::StreamDecoder>(*model->impl->tokenizer);
     *out = d.release();
     return MOLE_STATUS_OK;
@@ -354,7 +359,7 @@ MOLE_API void mole_context_default_params(struct mole_context_params *out) {
     out->n_seq_max = 1;
     out->n_threads = 0;
     out->n_batch = 512;
-    out->lut_cache_mb = 64;
+    out->lut_cache_mb = -1;   // the backend's choice (Backend::default_lut_cache_bytes)
 }
 
 MOLE_API enum mole_status mole_context_new(const struct mole_model *model, const struct mole_context_params *params,
@@ -373,6 +378,7 @@ MOLE_API enum mole_status mole_context_new(const struct mole_model *model, const
     cp.n_batch = p.n_batch;
     cp.lut_cache_mb = p.lut_cache_mb;
     auto c = std::make_unique<mole_context>();
+    c->model = model->impl;
     c->impl = std::make_unique<mole::Context>();
     if (Status s = c->impl->init(*model->impl, cp)) return s;
     *out = c.release();
@@ -441,6 +447,9 @@ MOLE_API enum mole_status mole_context_get_stats(const struct mole_context *ctx,
     out->lut_cache_bytes = c.lut.cache_bytes_used();
     out->t_eval_ms = c.stats.t_eval_ms;
     out->t_lut_ms = c.stats.t_lut_ms;
+    const mole::LutDeviceCounters dc = c.backend->lut_counters();
+    out->lut_bytes_to_device = dc.bytes_to_device - c.stats.lut_base.bytes_to_device;
+    out->t_lut_wait_ms = dc.wait_ms - c.stats.lut_base.wait_ms;
     return MOLE_STATUS_OK;
     MOLE_GUARD_END
 }
@@ -449,6 +458,7 @@ MOLE_API void mole_context_reset_stats(struct mole_context *ctx) {
     if (!ctx || !ctx->impl) return;
     ctx->impl->lut.counters() = mole::LutCounters{};
     ctx->impl->stats = mole::Stats{};
+    ctx->impl->stats.lut_base = ctx->impl->backend->lut_counters();
 }
 
 /* ---- sampler ---- */

@@ -32,7 +32,6 @@ Status Context::init(const Model &m, const ContextParams &p_in) {
     if (p.lut_cache_mb < -1)
         return set_error(MOLE_STATUS_INVALID_ARGUMENT, "lut_cache_mb must be >= 0 (-1: default), got %" PRId64,
                          p.lut_cache_mb);
-    if (p.lut_cache_mb == -1) p.lut_cache_mb = 64;
     if (p.lut_cache_mb > (int64_t(1) << 30))
         return set_error(MOLE_STATUS_INVALID_ARGUMENT, "lut_cache_mb %" PRId64 " is too large", p.lut_cache_mb);
     params = p;
@@ -43,7 +42,12 @@ Status Context::init(const Model &m, const ContextParams &p_in) {
     if (Status s = alloc_kv_cache(*backend, m.hp, p.n_ctx, p.n_seq_max, &kv)) return s;
     if (Status s = planner.init(p.n_batch, p.n_seq_max, m.hp.n_vocab, m.hp.n_expert > 0)) return s;
     if (Status s = scratch.init(*backend, m.hp, p.n_batch)) return s;
-    if (Status s = lut.init(m, *backend, static_cast<uint64_t>(p.lut_cache_mb) << 20, p.n_batch)) return s;
+    // -1: the backend's choice (the CPU's 64 MB; on a GPU a share of the free VRAM, or the whole LUT)
+    const uint64_t lut_bytes = m.hp.n_expert > 0 ? m.lut.nbytes : 0;
+    const uint64_t cache =
+        p.lut_cache_mb == -1 ? backend->default_lut_cache_bytes(lut_bytes) : uint64_t(p.lut_cache_mb) << 20;
+    params.lut_cache_mb = int64_t((cache + (1 << 20) - 1) >> 20);
+    if (Status s = lut.init(m, *backend, cache, p.n_batch)) return s;
     seq_len.assign(static_cast<size_t>(p.n_seq_max), 0);
     chunk_count.assign(static_cast<size_t>(p.n_seq_max), 0);
     return MOLE_STATUS_OK;

@@ -26,6 +26,7 @@ struct ContextParams {
 struct Stats {
     uint64_t tokens_evaluated = 0, steps = 0;
     double t_eval_ms = 0, t_lut_ms = 0;
+    LutDeviceCounters lut_base;   // the backend's counters when the stats were last reset
 };
 
 struct Context {

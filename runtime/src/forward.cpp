@@ -102,7 +102,7 @@ void ffn_block(const Model &m, int32_t il, Backend &be, int64_t S, Scratch &s, L
         Timed t{&times->lut_ms};
         lut.fetch_layer(il);   // the missed rows' slice il into their slots
     }
-    be.lut_mix(lut.rows(), m.lut.type, lut_layer_slice(m.lut.type, il, N, d), s.gate, N, d, s.x);
+    be.lut_mix(il, lut.rows(), m.lut.type, lut_layer_slice(m.lut.type, il, N, d), s.gate, N, d, s.x);
     Timed t{&times->lut_ms};
     lut.finish_layer(il);      // pages of rows read in place released
 }

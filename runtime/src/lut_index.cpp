@@ -12,6 +12,7 @@ Status LutIndex::init(int32_t n_vocab, int32_t capacity, int32_t max_uniq, uint6
     n_used_ = n_missed_ = 0;
     step_ = 0;
     head_ = tail_ = -1;
+    pinned_below_ = 0;
     counters = LutCounters{};
     const size_t n_miss = size_t(std::max(1, std::min(max_uniq, n_vocab)));
     try {
@@ -59,8 +60,10 @@ void LutIndex::prepare(const int32_t *uniq, int32_t U, int32_t *slots) {
         slots[u] = s;
         if (s < 0) continue;
         counters.cache_hits++;
-        unlink(s);
-        touch(s);
+        if (uniq[u] >= pinned_below_) {   // pinned rows stay out of the LRU list
+            unlink(s);
+            touch(s);
+        }
         stamp_[s] = step_;
     }
     for (int32_t u = 0; u < U; ++u) {
@@ -71,7 +74,7 @@ void LutIndex::prepare(const int32_t *uniq, int32_t U, int32_t *slots) {
         int32_t s = -1;
         if (n_used_ < capacity_) {
             s = n_used_++;
-        } else if (capacity_ > 0 && stamp_[tail_] != step_) {
+        } else if (capacity_ > 0 && tail_ >= 0 && stamp_[tail_] != step_) {
             s = tail_;   // evict the least recently used row
             unlink(s);
             if (slot_of_[token_of_[s]] == s) slot_of_[token_of_[s]] = -1;
@@ -79,7 +82,7 @@ void LutIndex::prepare(const int32_t *uniq, int32_t U, int32_t *slots) {
         if (s >= 0) {   // reserved now, found by lookups after commit()
             token_of_[s] = v;
             stamp_[s] = step_;
-            touch(s);
+            touch(s);   // a pinned row leaves the LRU list when its step commits
         }
         slots[u] = s;
         missed_[n_missed_++] = LutMiss{u, v, s};
@@ -87,8 +90,12 @@ void LutIndex::prepare(const int32_t *uniq, int32_t U, int32_t *slots) {
 }
 
 void LutIndex::commit() {
-    for (int32_t i = 0; i < n_missed_; ++i)
-        if (missed_[i].slot >= 0) slot_of_[missed_[i].token] = missed_[i].slot;
+    for (int32_t i = 0; i < n_missed_; ++i) {
+        const LutMiss &m = missed_[i];
+        if (m.slot < 0) continue;
+        slot_of_[m.token] = m.slot;
+        if (m.token < pinned_below_) unlink(m.slot);   // never evicted from now on
+    }
     n_missed_ = 0;
 }
 

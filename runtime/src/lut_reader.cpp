@@ -20,6 +20,13 @@ void LutReader::read(uint64_t offset, void *dst, uint64_t len) const {
     if (!file_->read_at(offset, dst, len)) std::memcpy(dst, file_->data() + offset, len);
 }
 
+void LutReader::read_auto(uint64_t offset, void *dst, uint64_t len) const {
+    if (file_->all_resident(offset, len))
+        std::memcpy(dst, file_->data() + offset, len);
+    else
+        read(offset, dst, len);
+}
+
 void LutReader::release(uint64_t offset, uint64_t len) const {
     // The kernel maps up to 64 KiB of already cached neighbours on each fault (MADV_RANDOM does
     // not stop that), aligned in virtual addresses. Neighbours still in use only fault in again.

@@ -24,6 +24,9 @@ public:
     // dst = file bytes [offset, offset + len): pread, or the mapping on a read error (where the
     // OS reports a real I/O error itself).
     void read(uint64_t offset, void *dst, uint64_t len) const;
+    // The same bytes, copied from the mapping when every page is resident (no system call), else
+    // read as above (bench_ops --lut-read measures the two).
+    void read_auto(uint64_t offset, void *dst, uint64_t len) const;
     // Unmaps this process's pages of [offset, offset + len), widened to the kernel's fault-around
     // window (they stay in the page cache): pages a mix read in place stop counting in RSS.
     void release(uint64_t offset, uint64_t len) const;

@@ -588,33 +588,55 @@ void lut_make(const Case &c, Rng &rng, Problem &p) {
     p.f.push_back(rng.vec(size_t(c.S * c.N), 0.0f, 1.0f));
     p.f.push_back(rng.vec(size_t(c.S * c.k)));
 }
+// Two steps over the same plan, as the LUT path (lut.h) drives a backend of its feed: the first
+// fills the rows (with a slot: some whole at the start, others a slice per layer; without one:
+// mixed in place, or staged when the feed is by layer); the second finds the slotted rows as hits,
+// so the slots' bytes are checked too. Returns x after the first step's mix, then after the second.
 std::vector<float> lut_run(Dev &dv, const Case &c, const Problem &p) {
     std::unique_ptr<MappedFile> file;
     check(MappedFile::open(p.lut_path, &file) == MOLE_STATUS_OK, "map the LUT file");
     const uint64_t rb = uint64_t(row_bytes(c.type, c.L * c.N * c.k));
     LutReader reader;
     reader.init(*file, 0, rb);
+    const LutFeed feed = dv.be->lut_feed();
     const StepPlan &plan = dv.plan(p);
-    check(dv.be->alloc_lut_slots(plan.n_uniq, rb) == MOLE_STATUS_OK, "alloc_lut_slots");
-    std::vector<LutRow> rows(size_t(plan.n_uniq));
-    std::vector<LutFill> whole, sliced;
+    LutShape shape;
+    shape.n_slots = plan.n_uniq;
+    shape.row_bytes = rb;
+    shape.max_rows = plan.n_uniq;
+    shape.n_layer = int32_t(c.L);
+    for (int32_t il = 0; il < c.L; ++il)
+        shape.slice_bytes = std::max(shape.slice_bytes, lut_layer_slice(c.type, il, c.N, c.k).bytes);
+    check(dv.be->alloc_lut(shape) == MOLE_STATUS_OK, "alloc_lut");
+    std::vector<LutRow> rows(size_t(plan.n_uniq)), hits(size_t(plan.n_uniq));
+    std::vector<LutFill> whole, sliced, again;
     for (int32_t u = 0; u < plan.n_uniq; ++u) {
         const uint64_t src = reader.row_offset(plan.uniq[u]);
-        const int32_t slot = plan.n_uniq - 1 - u;   // slots in another order than the ids
-        if (u % 2)
-            rows[size_t(u)] = LutRow{-1, reader.mapped(src)};
-        else
-            rows[size_t(u)] = LutRow{slot, nullptr};
-        if (u % 2 == 0) (u % 4 ? sliced : whole).push_back(LutFill{slot, src});
+        const int32_t slot = u % 2 ? -1 : plan.n_uniq - 1 - u;   // slots in another order than the ids
+        rows[size_t(u)] = LutRow{slot, slot < 0 ? reader.mapped(src) : nullptr};
+        hits[size_t(u)] = rows[size_t(u)];
+        const LutFill f{slot, src, u};
+        if (slot < 0) {
+            if (feed.by_layer) sliced.push_back(f), again.push_back(f);
+        } else {
+            (u % 4 || feed.by_layer ? sliced : whole).push_back(f);
+        }
     }
-    dv.be->lut_fill(reader, whole.data(), int32_t(whole.size()), 0, rb);
-    for (int32_t il = 0; il < c.L; ++il) {   // every layer's slice, as a step fills them
-        const BlockRange r = lut_layer_slice(c.type, il, c.N, c.k);
-        dv.be->lut_fill(reader, sliced.data(), int32_t(sliced.size()), r.offset, r.bytes);
-    }
+    const BlockRange mixed = lut_layer_slice(c.type, int32_t(c.il), c.N, c.k);
     float *g = dv.in(p.f[0]), *x = dv.in(p.f[1]);
-    dv.be->lut_mix(rows.data(), c.type, lut_layer_slice(c.type, int32_t(c.il), c.N, c.k), g, c.N, c.k, x);
-    return dv.get(x, size_t(c.S * c.k));
+    dv.be->lut_fill(reader, whole.data(), int32_t(whole.size()), -1, BlockRange{0, rb, 0});
+    for (int32_t il = 0; il < c.L; ++il)   // every layer's slice, as a step fills them
+        dv.be->lut_fill(reader, sliced.data(), int32_t(sliced.size()), il, lut_layer_slice(c.type, il, c.N, c.k));
+    dv.be->lut_mix(int32_t(c.il), rows.data(), c.type, mixed, g, c.N, c.k, x);
+    std::vector<float> out = dv.get(x, size_t(c.S * c.k));
+    dv.plan(p);   // the next step: rows with a slot are hits now
+    float *x2 = dv.in(p.f[1]);
+    for (int32_t il = 0; il < c.L; ++il)
+        dv.be->lut_fill(reader, again.data(), int32_t(again.size()), il, lut_layer_slice(c.type, il, c.N, c.k));
+    dv.be->lut_mix(int32_t(c.il), hits.data(), c.type, mixed, g, c.N, c.k, x2);
+    const std::vector<float> second = dv.get(x2, size_t(c.S * c.k));
+    out.insert(out.end(), second.begin(), second.end());
+    return out;
 }
 std::vector<Ref> lut_ref(const Case &c, const Problem &p) {
     Ref r;
@@ -637,6 +659,8 @@ std::vector<Ref> lut_ref(const Case &c, const Problem &p) {
             r.bound.push_back(c.tol * mag + 1e-30);
         }
     }
+    const size_t n = r.value.size();   // the second step mixes the same rows into the same x
+    for (size_t i = 0; i < n; ++i) r.value.push_back(r.value[i]), r.bound.push_back(r.bound[i]);
     return {r};
 }
 const Op kLut{"lut_fill+lut_mix", lut_make, lut_run, lut_ref};

@@ -72,10 +72,40 @@ struct LutRow {
     const uint8_t *host = nullptr;
 };
 
-// One row copied into a slot: file bytes [src, src + row_bytes) of the LUT's row.
+// One missed row of a step, copied into a slot: the LUT row's file bytes from src on. u is its
+// distinct-id index in the step; slot -1: a row with no cache slot, staged for this step only
+// (sent only to backends whose feed is by_layer).
 struct LutFill {
     int32_t slot;
     uint64_t src;   // file offset of the row's first byte
+    int32_t u;
+};
+
+// The LUT memory of a context, given once at context creation.
+struct LutShape {
+    int32_t n_slots = 0;        // cache slots (0: no cache)
+    uint64_t row_bytes = 0;     // one row, all layers: [L, N, d] of the LUT's type
+    int32_t max_rows = 0;       // distinct ids of one step, at most
+    uint64_t slice_bytes = 0;   // the largest layer slice (whole blocks)
+    int32_t n_layer = 0;
+};
+
+// How the LUT path (lut.h) feeds a backend.
+struct LutFeed {
+    // false: a missed row without a slot is mixed in place from the mapping, and one already in
+    // the page cache is filled whole at the step's start (lut_fill with layer -1). true: every
+    // miss, with or without a slot, comes one layer slice at a time through lut_fill.
+    bool by_layer = false;
+    int32_t lookahead = 0;   // layers filled ahead of the one being mixed
+    // Keep the tokenizer's most frequent ids (the lowest, in merge order) in half the cache for
+    // good, beside LRU for the rest (LutIndex::set_pinned).
+    bool pin_frequent = false;
+};
+
+// What a backend's LUT path moved, since it was made.
+struct LutDeviceCounters {
+    uint64_t bytes_to_device = 0;   // LUT bytes copied host-to-device
+    double wait_ms = 0;             // host time waiting for those copies
 };
 
 struct BackendParams {
@@ -95,8 +125,14 @@ public:
     // host -> backend and backend -> host copies (download waits for the ops before it).
     virtual void upload(void *dst, const void *host_src, uint64_t bytes) = 0;
     virtual void download(void *host_dst, const void *src, uint64_t bytes) = 0;
-    // Slot memory for the LUT row cache: n_slots rows of row_bytes, stored as in the file.
-    virtual Status alloc_lut_slots(int32_t n_slots, uint64_t row_bytes) = 0;
+    // The LUT's memory: shape.n_slots cache slots of row_bytes, stored as in the file, and
+    // whatever the backend stages rows through.
+    virtual Status alloc_lut(const LutShape &shape) = 0;
+    // The row cache a context gets when it asks for the default (lut_cache_mb = -1), for a LUT of
+    // lut_bytes (after the weights, KV cache and activations are allocated).
+    virtual uint64_t default_lut_cache_bytes(uint64_t lut_bytes) const = 0;
+    virtual LutFeed lut_feed() const { return LutFeed{}; }
+    virtual LutDeviceCounters lut_counters() const { return LutDeviceCounters{}; }
 
     // ---- one step --------------------------------------------------------------------------
     // The step's plan (host memory; plan.h): row ids, positions, sequences, distinct ids. The ops
@@ -129,15 +165,19 @@ public:
     virtual void logits(const Weight &w, const float *X, int64_t n_out, float *host_logits) = 0;
 
     // ---- LUT -------------------------------------------------------------------------------
-    // Copies bytes [off, off + len) of each fill's row (read through `reader`: file bytes) into
-    // the same bytes of its slot. Asynchronous where the device can do that: ordered before the
-    // next lut_mix, and the row's file bytes are not needed after the call returns.
-    virtual void lut_fill(const LutReader &reader, const LutFill *fills, int32_t n, uint64_t off, uint64_t len) = 0;
-    // x[r] += sum_j gate[r, j] slice_j, for every row r of the step: slice = `slice` of the LUT
-    // row of the row's distinct id (rows[plan.uniq_slot[r]], host array of n_uniq entries),
-    // N*d values of `type` starting slice.skip elements into it; gate [S, N].
-    virtual void lut_mix(const LutRow *rows, Type type, const BlockRange &slice, const float *gate, int64_t N,
-                         int64_t d, float *x) = 0;
+    // Layer `layer`'s slice (`range` of each row; layer -1: whole rows) of each fill's row, read
+    // through `reader` (file bytes), into the same bytes of its slot, and for layer >= 0 to where
+    // that layer's lut_mix reads the row. Layers come in order within a step. Asynchronous where
+    // the device can do that: ordered before the layer's lut_mix; the file bytes are not needed
+    // after the call returns.
+    virtual void lut_fill(const LutReader &reader, const LutFill *fills, int32_t n, int32_t layer,
+                          const BlockRange &range) = 0;
+    // x[r] += sum_j gate[r, j] slice_j, for every row r of the step: slice = `slice` (layer
+    // `layer`'s) of the LUT row of the row's distinct id (rows[plan.uniq_slot[r]], a host array of
+    // n_uniq entries; a row filled this step is read where lut_fill put it), N*d values of `type`
+    // starting slice.skip elements into it; gate [S, N].
+    virtual void lut_mix(int32_t layer, const LutRow *rows, Type type, const BlockRange &slice, const float *gate,
+                         int64_t N, int64_t d, float *x) = 0;
 
     // Waits for every op before it; returns status().
     virtual Status synchronize() = 0;

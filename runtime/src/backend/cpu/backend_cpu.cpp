@@ -85,13 +85,15 @@ public:
     void upload(void *dst, const void *src, uint64_t bytes) override { std::memcpy(dst, src, bytes); }
     void download(void *dst, const void *src, uint64_t bytes) override { std::memcpy(dst, src, bytes); }
 
-    Status alloc_lut_slots(int32_t n_slots, uint64_t row_bytes) override {
+    Status alloc_lut(const LutShape &shape) override {
         // Anonymous memory, touched only as rows arrive (no huge pages: their faults may stall a
         // decode step on memory compaction).
-        slot_bytes_ = row_bytes;
+        slot_bytes_ = shape.row_bytes;
         populated_ = 0;
-        return LargeBuffer::allocate(uint64_t(n_slots) * row_bytes, false, "the LUT row cache", &slots_);
+        if (shape.n_slots == 0) return MOLE_STATUS_OK;
+        return LargeBuffer::allocate(uint64_t(shape.n_slots) * shape.row_bytes, false, "the LUT row cache", &slots_);
     }
+    uint64_t default_lut_cache_bytes(uint64_t) const override { return uint64_t(64) << 20; }
 
     void begin_step(const StepPlan &plan) override { plan_ = &plan; }
 
@@ -158,9 +160,11 @@ public:
         matmul_multi(&mo, 1, w.ne0, X, n_out, &pool_);
     }
 
-    void lut_fill(const LutReader &reader, const LutFill *fills, int32_t n, uint64_t off, uint64_t len) override {
+    void lut_fill(const LutReader &reader, const LutFill *fills, int32_t n, int32_t, const BlockRange &range) override {
+        const uint64_t off = range.offset, len = range.bytes;
         for (int32_t i = 0; i < n; ++i) {
             const int32_t s = fills[i].slot;
+            if (s < 0) continue;   // (never sent: the CPU mixes a row without a slot in place)
             if (s >= populated_) {   // fresh slots: pages faulted in with one call, not one trap per page
                 slots_->populate(uint64_t(populated_) * slot_bytes_, uint64_t(s + 1 - populated_) * slot_bytes_);
                 populated_ = s + 1;
@@ -169,8 +173,8 @@ public:
         }
     }
 
-    void lut_mix(const LutRow *rows, Type type, const BlockRange &slice, const float *gate, int64_t N, int64_t d,
-                 float *x) override {
+    void lut_mix(int32_t, const LutRow *rows, Type type, const BlockRange &slice, const float *gate, int64_t N,
+                 int64_t d, float *x) override {
         const StepPlan &p = *plan_;
         const int64_t S = p.n_rows, stride = N * d + 2 * QK;   // one layer's slice, dequantized, + 2 blocks
         if (mix_tmp_.size() < size_t(pool_.size() * stride)) mix_tmp_.resize(size_t(pool_.size() * stride));

@@ -10,7 +10,9 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cuda/copy_engine.cuh"
 #include "backend/cuda/ops.cuh"
+#include "lut_pipeline.h"
 #include "lut_reader.h"
 #include "mmap.h"
 #include "plan.h"
@@ -39,6 +41,11 @@ struct Sticky {
         return false;
     }
     Status report() const { return status == MOLE_STATUS_OK ? status : set_error(status, "%s", text.c_str()); }
+    void fail(Status s, const char *why) {
+        if (status != MOLE_STATUS_OK) return;
+        status = s;
+        text = why;
+    }
 };
 
 #define MOLE_CUDA_TRY(sticky, call) (sticky).ok((call), #call, __FILE__, __LINE__)
@@ -121,6 +128,7 @@ public:
     ~CudaBackend() override {
         cudaSetDevice(w_.device);
         if (st_) cudaStreamSynchronize(st_);
+        engine_.reset();   // its copy stream drained, its ring freed
         host_.reset();
         dev_.reset();
         for (void *p : allocs_) cudaFree(p);
@@ -151,19 +159,38 @@ public:
         MOLE_CUDA_TRY(sticky_, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, st_));
         MOLE_CUDA_TRY(sticky_, cudaStreamSynchronize(st_));
     }
-    Status alloc_lut_slots(int32_t n_slots, uint64_t row_bytes) override {
-        void *p = nullptr;
-        slot_bytes_ = row_bytes;
-        if (Status s = alloc(uint64_t(n_slots) * row_bytes, "the LUT row cache", &p)) return s;
-        slots_ = static_cast<uint8_t *>(p);
-        return MOLE_STATUS_OK;
+    Status alloc_lut(const LutShape &shape) override {
+        slot_bytes_ = shape.row_bytes;
+        if (shape.n_slots > 0) {
+            void *p = nullptr;
+            if (Status s = alloc(uint64_t(shape.n_slots) * shape.row_bytes, "the LUT row cache", &p)) return s;
+            slots_ = static_cast<uint8_t *>(p);
+        }
+        engine_ = std::make_unique<CudaCopyEngine>(st_);
+        if (Status s = engine_->status()) return s;
+        return pipeline_.init(*engine_, kRing, shape.max_rows, shape.slice_bytes, slots_, shape.row_bytes);
+    }
+    // The whole LUT when it fits in half the free VRAM (at most 32 GB): no row crosses twice.
+    uint64_t default_lut_cache_bytes(uint64_t lut_bytes) const override {
+        size_t free_b = 0, total_b = 0;
+        if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+            cudaGetLastError();
+            return uint64_t(64) << 20;
+        }
+        const uint64_t budget = std::min<uint64_t>(uint64_t(free_b) / 2, uint64_t(32) << 30);
+        return lut_bytes <= budget ? lut_bytes : budget;
+    }
+    LutFeed lut_feed() const override { return LutFeed{true, kRing - 1, true}; }
+    LutDeviceCounters lut_counters() const override {
+        return LutDeviceCounters{pipeline_.counters.bytes_h2d, pipeline_.counters.host_wait_ms};
     }
 
     void begin_step(const StepPlan &p) override {
         plan_ = &p;
-        MOLE_CUDA_TRY(sticky_, cudaStreamSynchronize(st_));   // the last step's temporaries are free
+        drain();   // the last step's temporaries and staging are free
         host_.reset();
         dev_.reset();
+        if (engine_) pipeline_.begin_step(p.n_uniq);
         const int32_t S = p.n_rows;
         // row -> sequence, and the attention tiles (up to kAttnQ consecutive rows of one sequence)
         n_tiles_ = 0;
@@ -300,52 +327,73 @@ public:
         MOLE_CUDA_TRY(sticky_, cudaMemcpyAsync(host_logits, Y, bytes, cudaMemcpyDeviceToHost, st_));
     }
 
-    void lut_fill(const LutReader &reader, const LutFill *fills, int32_t n, uint64_t off, uint64_t len) override {
+    void lut_fill(const LutReader &reader, const LutFill *fills, int32_t n, int32_t layer,
+                  const BlockRange &range) override {
         if (!live() || n <= 0) return;
-        uint8_t *staging = static_cast<uint8_t *>(host_.get(uint64_t(n) * len));
+        if (layer >= 0 && engine_) {   // layer-major staging, one copy per layer on the copy stream
+            pipeline_.stage(reader, fills, n, layer, range);
+            if (Status s = engine_->status()) sticky_.fail(s, last_error());
+            return;
+        }
+        // whole rows (not sent to this backend: its feed is by layer), on the compute stream
+        uint8_t *staging = static_cast<uint8_t *>(host_.get(uint64_t(n) * range.bytes));
         if (!staging) return;
         for (int32_t i = 0; i < n; ++i) {
-            reader.read(fills[i].src + off, staging + uint64_t(i) * len, len);
-            MOLE_CUDA_TRY(sticky_,
-                          cudaMemcpyAsync(slots_ + uint64_t(fills[i].slot) * slot_bytes_ + off,
-                                          staging + uint64_t(i) * len, len, cudaMemcpyHostToDevice, st_));
+            if (fills[i].slot < 0) continue;
+            reader.read(fills[i].src + range.offset, staging + uint64_t(i) * range.bytes, range.bytes);
+            MOLE_CUDA_TRY(
+                sticky_,
+                cudaMemcpyAsync(slots_ + uint64_t(fills[i].slot) * slot_bytes_ + range.offset,
+                                staging + uint64_t(i) * range.bytes, range.bytes, cudaMemcpyHostToDevice, st_));
         }
     }
-    void lut_mix(const LutRow *rows, Type type, const BlockRange &slice, const float *gate, int64_t N, int64_t d,
-                 float *x) override {
+    void lut_mix(int32_t layer, const LutRow *rows, Type type, const BlockRange &slice, const float *gate, int64_t N,
+                 int64_t d, float *x) override {
         if (!live()) return;
+        if (engine_) pipeline_.before_mix(layer);   // the compute stream waits for this layer's copy
         const int32_t U = std::max(plan_->n_uniq, 1);
+        // Where each distinct id's slice is: staged this step, a cache slot, or (rows the feed did
+        // not stage) copied here from the mapping
         int32_t n_host = 0;
-        for (int32_t u = 0; u < plan_->n_uniq; ++u) n_host += rows[u].slot < 0;
-        // the row table, then the slices of rows without a slot, in one upload
+        for (int32_t u = 0; u < plan_->n_uniq; ++u) n_host += rows[u].slot < 0 && !staged(layer, u);
         const uint64_t table = aligned(uint64_t(U) * sizeof(uint8_t *)), bytes = table + uint64_t(n_host) * slice.bytes;
         uint8_t *h = static_cast<uint8_t *>(host_.get(bytes)), *dv = static_cast<uint8_t *>(dev_.get(bytes));
         if (!h || !dv) return;
         const uint8_t **ptrs = reinterpret_cast<const uint8_t **>(h);
         uint64_t at = table;
         for (int32_t u = 0; u < plan_->n_uniq; ++u) {
-            if (rows[u].slot >= 0) {
+            if (const uint8_t *p = staged(layer, u)) {
+                ptrs[u] = p;
+            } else if (rows[u].slot >= 0) {
                 ptrs[u] = slots_ + uint64_t(rows[u].slot) * slot_bytes_ + slice.offset;
-                continue;
+            } else {
+                std::memcpy(h + at, rows[u].host + slice.offset, slice.bytes);
+                ptrs[u] = dv + at;
+                at += slice.bytes;
             }
-            std::memcpy(h + at, rows[u].host + slice.offset, slice.bytes);
-            ptrs[u] = dv + at;
-            at += slice.bytes;
         }
         MOLE_CUDA_TRY(sticky_, cudaMemcpyAsync(dv, h, bytes, cudaMemcpyHostToDevice, st_));
         cuda::lut_mix(type, reinterpret_cast<const uint8_t *const *>(dv), d_uniq_slot_, slice.skip, gate, plan_->n_rows,
                       N, d, x, st_);
         launched("lut_mix");
+        if (engine_) pipeline_.after_mix(layer);
     }
 
     Status synchronize() override {
-        MOLE_CUDA_TRY(sticky_, cudaStreamSynchronize(st_));
+        drain();
         return status();
     }
     Status status() const override { return sticky_.report(); }
 
 private:
+    static constexpr int32_t kRing = 4;   // staging ring slots: 3 layers staged ahead of the mix
+
     bool live() const { return sticky_.status == MOLE_STATUS_OK; }
+    void drain() {   // both streams idle
+        MOLE_CUDA_TRY(sticky_, cudaStreamSynchronize(st_));
+        if (engine_) MOLE_CUDA_TRY(sticky_, cudaStreamSynchronize(engine_->copy_stream()));
+    }
+    const uint8_t *staged(int32_t layer, int32_t u) const { return engine_ ? pipeline_.staged(layer, u) : nullptr; }
     void launched(const char *op) {
         const cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) sticky_.ok(e, op, __FILE__, __LINE__);
@@ -366,6 +414,8 @@ private:
     const CudaWeights &w_;
     Sticky sticky_;
     cudaStream_t st_ = nullptr;
+    std::unique_ptr<CudaCopyEngine> engine_;   // the LUT staging ring's streams and events
+    LutPipeline pipeline_;
     std::vector<void *> allocs_;
     Arena host_, dev_;
     uint8_t *slots_ = nullptr;
