@@ -136,3 +136,22 @@ def test_op_table_on_the_simt_executor_under_asan_ubsan():
                        env=dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0"))
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-6000:]
     assert "cuda" in r.stdout.splitlines()[0]
+
+
+def test_gpu_check_dry_run(build_dir, tmp_path):
+    """bench/gpu_check.sh, the script prepared for a lent GPU, as far as this machine allows: on the
+    suite's build, its op table and parity on the SIMT executor, the random models, the benchmark
+    harness through libmole_simt.so and the report (results.md / results.json)."""
+    if not cmake_option(build_dir, "MOLE_CUDA") or shutil.which("nvcc") is None:
+        pytest.skip("no nvcc: the script builds the CUDA backend")
+    env = dict(os.environ, OUT=str(tmp_path), MOLE_GPU_CHECK_BUILD=str(build_dir))
+    env.pop("MOLE_LIB", None)
+    r = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--dry-run"], env=env, capture_output=True,
+                       text=True, timeout=1800)
+    assert r.returncode == 0 and "all steps passed" in r.stdout, r.stdout[-6000:] + r.stderr[-3000:]
+    report = (tmp_path / "results.md").read_text()
+    assert "| evicted | 1 |" in report and "| warm | 8 |" in report, report
+    res = __import__("json").loads((tmp_path / "results.json").read_text())
+    evicted = res["tiny"]["evicted"]["batch1"]["mole"]
+    assert evicted["lut_bytes_to_device_per_step"] > 0 and res["tiny"]["warm"]["batch1"]["mole"][
+        "lut_bytes_to_device_per_step"] == 0
