@@ -68,7 +68,9 @@ void LutPipeline::stage(const LutReader &reader, const LutFill *fills, int32_t n
     for (int32_t i = 0; i < n_staged_[r]; ++i)
         seg_of_[size_t(r) * max_rows_ + staged_u_[size_t(r) * max_rows_ + i]] = -1;
     const uint64_t seg = padded(range.bytes);
-    uint8_t **pairs = reinterpret_cast<uint8_t **>(slot.host + uint64_t(max_rows_) * seg_cap_);
+    // the segments, then the scatter's pointer pairs right after them: one copy carries both
+    const uint64_t data = uint64_t(n) * seg;
+    uint8_t **pairs = reinterpret_cast<uint8_t **>(slot.host + data);
     int32_t n_pairs = 0;
     for (int32_t i = 0; i < n; ++i) {
         uint8_t *dst = slot.host + uint64_t(i) * seg;
@@ -85,15 +87,11 @@ void LutPipeline::stage(const LutReader &reader, const LutFill *fills, int32_t n
     n_staged_[r] = n;
     seg_bytes_[r] = seg;
     slot.layer = layer;
-    const uint64_t data = uint64_t(n) * seg, table = uint64_t(max_rows_) * seg_cap_;
     if (slot.used) engine_->wait(CopyEngine::kCopy, ev_mix(r));   // the device half is read by that mix
-    engine_->copy_h2d(slot.dev, slot.host, data, CopyEngine::kCopy);
-    if (n_pairs > 0)
-        engine_->copy_h2d(slot.dev + table, slot.host + table, 2 * uint64_t(n_pairs) * sizeof(uint8_t *),
-                          CopyEngine::kCopy);
+    engine_->copy_h2d(slot.dev, slot.host, data + 2 * uint64_t(n_pairs) * sizeof(uint8_t *), CopyEngine::kCopy);
     engine_->record(ev_h2d(r), CopyEngine::kCopy);
     if (n_pairs > 0)
-        engine_->scatter(reinterpret_cast<const uint8_t *const *>(slot.dev + table), n_pairs, range.bytes,
+        engine_->scatter(reinterpret_cast<const uint8_t *const *>(slot.dev + data), n_pairs, range.bytes,
                          CopyEngine::kCopy);
     slot.used = true;
     counters.rows_staged += uint64_t(n);

@@ -53,8 +53,10 @@ struct Sticky {
 std::string device_name(int32_t index) {
     cudaDeviceProp p;
     if (cudaGetDeviceProperties(&p, index) != cudaSuccess) return "?";
+    int ro = 0;   // the file mapping could be registered read-only for direct DMA (not used by default)
+    if (cudaDeviceGetAttribute(&ro, cudaDevAttrHostRegisterReadOnlySupported, index) != cudaSuccess) cudaGetLastError();
     return std::string(p.name) + ", sm_" + std::to_string(p.major) + std::to_string(p.minor) + ", " +
-        human_bytes(uint64_t(p.totalGlobalMem));
+        human_bytes(uint64_t(p.totalGlobalMem)) + ", host-register-read-only " + (ro ? "yes" : "no");
 }
 
 // The weights in VRAM, byte for byte as in the file.
