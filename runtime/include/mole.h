@@ -10,7 +10,8 @@
  *     and the size needed in the out-parameter.
  * Threading
  *   - A mole_model is read-only after load and may be shared by any number of contexts and
- *     threads. Contexts and decoders keep their model alive: mole_model_free may come first. A mole_context (and a mole_sampler, a mole_decoder) must be used by one thread at a
+ *     threads. Contexts and decoders keep their model alive: mole_model_free may come first.
+ *   - A mole_context (and a mole_sampler, a mole_decoder) must be used by one thread at a
  *     time; mole_context_cancel() is the exception and may be called from any thread.
  *
  * This header is parsed by the Python binding (cffi): keep declarations plain C, one per line

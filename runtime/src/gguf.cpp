@@ -222,7 +222,10 @@ bool GgufValue::is_integer() const {
 int64_t GgufValue::elem_int(uint64_t i) const {
     GgufValue v;
     decode_scalar(elem_type, raw + i * scalar_size(elem_type), &v);
-    return elem_type == GgufType::FLOAT32 || elem_type == GgufType::FLOAT64 ? static_cast<int64_t>(v.f64) : v.i64;
+    if (elem_type != GgufType::FLOAT32 && elem_type != GgufType::FLOAT64) return v.i64;
+    // a float element as an integer: truncated; NaN and values past int64's range give 0 (a cast
+    // of those would be undefined behaviour)
+    return v.f64 > -9.2e18 && v.f64 < 9.2e18 ? static_cast<int64_t>(v.f64) : 0;
 }
 
 double GgufValue::elem_float(uint64_t i) const {

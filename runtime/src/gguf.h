@@ -55,7 +55,7 @@ struct GgufValue {
     bool is_integer() const;
     bool is_float() const { return type == GgufType::FLOAT32 || type == GgufType::FLOAT64; }
     // Element i of a numeric array as integer / double (i < count, elem_type numeric).
-    int64_t elem_int(uint64_t i) const;
+    int64_t elem_int(uint64_t i) const;   // a float element: truncated (NaN, out of range: 0)
     double elem_float(uint64_t i) const;
 };
 

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Fuzzing sessions: libFuzzer under clang-14 (from Debian: installed here when missing) with
+# AddressSanitizer and UndefinedBehaviorSanitizer, every target seeded from its corpus
+# tests/fuzz_corpus/<target>/. An input that crashes is copied into that folder as a regression
+# input (tests/test_fuzz.py replays the folder in CI); libFuzzer's new coverage stays in
+# build-fuzz/corpus-<target> (not committed). The last lines of each log give executions and
+# coverage (docs/reliability.md).
+#   tools/fuzz.sh [SECONDS] [TARGET...]      (default 600 s; targets: gguf model tokenizer detokenizer)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_EACH=${1:-600}
+shift || true
+TARGETS=${*:-gguf model tokenizer detokenizer}
+if ! command -v clang++-14 > /dev/null || [ ! -e "$(clang++-14 -print-file-name=libclang_rt.fuzzer-x86_64.a)" ]; then
+  apt-get install -y clang-14 libclang-rt-14-dev > /dev/null || { echo "fuzz.sh: cannot install clang-14"; exit 1; }
+fi
+mkdir -p build-fuzz
+SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g"
+cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOLE_CUDA=OFF -DMOLE_FUZZ=ON \
+  -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
+  "-DCMAKE_CXX_FLAGS=$SAN -fsanitize=fuzzer-no-link" "-DCMAKE_C_FLAGS=$SAN -fsanitize=fuzzer-no-link" \
+  "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined" > build-fuzz/build.log 2>&1 || { tail -20 build-fuzz/build.log; exit 1; }
+for t in $TARGETS; do targets+=" fuzz_$t"; done
+cmake --build build-fuzz -j "$(nproc)" --target $targets >> build-fuzz/build.log 2>&1 || { tail -30 build-fuzz/build.log; exit 1; }
+status=0
+for t in $TARGETS; do
+  seeds=tests/fuzz_corpus/$t
+  work=build-fuzz/corpus-$t
+  crashes=build-fuzz/crashes-$t
+  mkdir -p "$work" "$crashes"
+  echo "=== fuzz_$t: ${SECONDS_EACH} s, seeded from $seeds ($(ls "$seeds" | wc -l) inputs)"
+  ASAN_OPTIONS=detect_leaks=0 build-fuzz/fuzz_$t "$work" "$seeds" -max_total_time="$SECONDS_EACH" \
+    -max_len=65536 -rss_limit_mb=4096 -timeout=20 -artifact_prefix="$crashes/" -print_final_stats=1 \
+    > "build-fuzz/fuzz_$t.log" 2>&1
+  rc=$?
+  grep -E "^#[0-9]+ +(DONE|pulse|NEW)" "build-fuzz/fuzz_$t.log" | tail -1
+  grep -E "stat::number_of_executed_units|stat::peak_rss_mb" "build-fuzz/fuzz_$t.log"
+  for f in "$crashes"/*; do
+    [ -e "$f" ] || continue
+    cp "$f" "$seeds/regression-$(basename "$f")"
+    echo "finding: $f (kept as $seeds/regression-$(basename "$f"))"
+    status=1
+  done
+  [ $rc -ne 0 ] && status=1 && tail -30 "build-fuzz/fuzz_$t.log"
+done
+exit $status
