@@ -21,7 +21,8 @@ _DEVICES = {"cpu": "MOLE_DEVICE_CPU", "cuda": "MOLE_DEVICE_CUDA"}   # device= ->
 class Model:
     """A MoLE (or dense) model in a .gguf file, ready to evaluate.
 
-    One Model holds one context (KV cache) and must be used by one thread at a time.
+    One Model holds one context (KV cache) and must be used by one thread at a time. The context holds n_seq_max
+    sequences (default 1), each of n_ctx positions: generate_batch decodes that many prompts at once.
 
     Every None means the C library's default (mole_context_default_params): n_ctx None is the model's
     training context length (the file's mole.context_length); n_threads None is one thread per physical
@@ -31,9 +32,9 @@ class Model:
     """
 
     def __init__(self, path, n_ctx: int | None = None, n_threads: int | None = None, device: str = "cpu",
-                 *, n_batch: int | None = None, lut_cache_mb: int | None = None):
+                 *, n_batch: int | None = None, lut_cache_mb: int | None = None, n_seq_max: int | None = None):
         path = os.fspath(path)
-        for name, v in (("n_ctx", n_ctx), ("n_threads", n_threads), ("n_batch", n_batch)):
+        for name, v in (("n_ctx", n_ctx), ("n_threads", n_threads), ("n_batch", n_batch), ("n_seq_max", n_seq_max)):
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise errors.InvalidArgumentError(f"{name} must be a positive integer or None, got {v!r}")
         if lut_cache_mb is not None and (not isinstance(lut_cache_mb, int) or lut_cache_mb < 0):
@@ -44,6 +45,7 @@ class Model:
             raise errors.ModelFileNotFoundError(f"model file not found: {path}")
         self._model = None
         self._ctx = None
+        self._batcher = None   # a mole.batch.Batcher that owns the context's sequences, while one is open
         self.path = path
         L = _ffi.get()
         self._L, ffi, lib = L, L.ffi, L.lib
@@ -62,7 +64,7 @@ class Model:
         cparams = ffi.new("struct mole_context_params *")
         lib.mole_context_default_params(cparams)
         for name, v in (("n_ctx", n_ctx), ("n_threads", n_threads), ("n_batch", n_batch),
-                        ("lut_cache_mb", lut_cache_mb)):
+                        ("lut_cache_mb", lut_cache_mb), ("n_seq_max", n_seq_max)):
             if v is not None:
                 setattr(cparams, name, v)
         cout = ffi.new("struct mole_context **")
@@ -78,6 +80,7 @@ class Model:
         self.n_ctx = int(got.n_ctx)
         self.n_threads = int(got.n_threads)
         self.n_batch = int(got.n_batch)
+        self.n_seq_max = int(got.n_seq_max)
         self.device = device
         self._tokens: list[int] = []   # what sequence 0 of the context holds now
         self._metadata = None
@@ -162,7 +165,27 @@ class Model:
 
     # ---- evaluation ------------------------------------------------------------------------
 
+    def _claim(self, batcher) -> None:
+        """A Batcher takes the context's sequences: they are cleared, and sequence 0's bookkeeping with them."""
+        if self._batcher is not None:
+            raise errors.MoleError("the context is already in use by a batch (generate_batch or mole serve)")
+        ctx = self._live_ctx()
+        for s in range(self.n_seq_max):
+            _ffi.check(self._lib.mole_seq_truncate(ctx, s, 0))
+        self._tokens.clear()
+        self._batcher = batcher
+
+    def _release(self, batcher) -> None:
+        if self._batcher is batcher:
+            self._batcher = None
+
+    def _own_ctx(self):
+        if self._batcher is not None:
+            raise errors.MoleError("the context is in use by a batch (generate_batch or mole serve); close it first")
+        return self._live_ctx()
+
     def _truncate(self, n_keep: int) -> None:
+        self._own_ctx()
         _ffi.check(self._lib.mole_seq_truncate(self._live_ctx(), 0, n_keep))
         del self._tokens[n_keep:]
 
@@ -170,7 +193,7 @@ class Model:
         """Appends ids to sequence 0 in n_batch chunks (Ctrl-C is seen between chunks; the context
         keeps the chunks done). out: [len(ids), V] for every position's logits, or [V] for the
         last position only, or None."""
-        lib, ctx = self._lib, self._live_ctx()
+        lib, ctx = self._lib, self._own_ctx()
         if len(self._tokens) + len(ids) > self.n_ctx:
             raise errors.ContextFullError(
                 f"{len(self._tokens) + len(ids)} tokens do not fit in the context (n_ctx = {self.n_ctx})")
@@ -256,6 +279,37 @@ class Model:
         if stream:
             return (piece for piece, _ in it)
         return "".join(piece for piece, _ in it)
+
+    def generate_batch(self, prompts, max_tokens: int = 128, temperature: float | None = None,
+                       top_k: int | None = None, top_p: float | None = None, seed: int | None = None, stop=None,
+                       *, min_p: float | None = None, repeat_penalty: float | None = None,
+                       repeat_last_n: int | None = None, add_bos: bool = False, ignore_eos: bool = False) -> list[str]:
+        """Completes several prompts (each a str or token ids) together: the context's n_seq_max sequences decode
+        in the same forward steps (mole.batch: continuous batching; a prompt takes the sequence of one that
+        finished). Returns the texts in the order of the prompts. The options are generate()'s, for every prompt;
+        with a seed, each prompt's text is the one generate(prompt, seed=seed, ...) gives, since a sequence's logits
+        do not depend on the others in its step. Without one, each prompt gets a random seed."""
+        from .batch import Batcher, Job
+
+        if isinstance(prompts, str) or not hasattr(prompts, "__iter__"):
+            raise errors.InvalidArgumentError("generate_batch expects a list of prompts (str or token ids)")
+        jobs = []
+        for i, p in enumerate(prompts):
+            ids = self.tokenize(p, add_bos=add_bos) if isinstance(p, str) else p
+            jobs.append(Job(ids, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed, stop=stop,
+                            ignore_eos=ignore_eos, tag=i))
+        self._sampler(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, 0)   # options checked once
+        texts: list[list[str]] = [[] for _ in jobs]
+        with Batcher(self) as b:
+            for j in jobs:
+                b.submit(j)
+            while b.busy:
+                for d in b.step():
+                    if d.job.error is not None:
+                        raise d.job.error
+                    texts[d.job.tag].append(d.text)
+        return ["".join(t) for t in texts]
 
     def _sampler(self, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed):
         """A sampler from the library's default params, with the options that are not None set."""
@@ -392,6 +446,7 @@ class Model:
         out["lut_row_bytes"] = int(self._info["lut_row_bytes"])
         out["n_ctx"] = self.n_ctx
         out["tokens_in_context"] = len(self._tokens)
+        out["n_seq_max"] = self.n_seq_max
         return out
 
     def reset_stats(self) -> None:
