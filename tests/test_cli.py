@@ -257,3 +257,42 @@ def test_bench_from_the_clone_without_gguf(model):
         r = base_install.mole("bench", "-m", path, *peer, "--repeats", "1", cwd=REPO)
         assert r.returncode == 1, (peer, r.stderr)
         assert cli.CONVERT_INSTALL in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_chat_drops_the_oldest_turns_past_the_trained_context(model_factory):
+    """A model trained at 64 tokens: a chat of several turns keeps going, dropping its oldest turns (and saying
+    so) rather than running past the context the model knows or filling the one made."""
+    path, _, cfg = model_factory("q8_0", "f16", seed=5, max_position_embeddings=64)
+    lines = "".join(f"Tell me about the lantern keeper number {i} and the shore.\n" for i in range(6))
+    r = mole("chat", "-m", path, "-n", "8", "--temp", "0", stdin=lines + "/stats\n")
+    assert r.returncode == 0, r.stderr
+    assert "oldest message" in r.stderr and "the 64 tokens the model was trained at" in r.stderr, r.stderr
+    assert "no longer fits" not in r.stderr
+    used, n_ctx = map(int, re.search(r"context:\s+(\d+) of (\d+) tokens", r.stdout).groups())
+    assert n_ctx == 64 and used <= 64
+    # -c larger than the trained context: the trained one still bounds the chat
+    r = mole("chat", "-m", path, "-n", "8", "--temp", "0", "-c", "256", stdin=lines)
+    assert r.returncode == 0 and "trained at" in r.stderr, r.stderr
+
+
+def test_trim_history_keeps_the_system_message_and_whole_turns():
+    from mole.chat import trim_history
+
+    class CharModel:   # one token per character of the rendered prompt
+        metadata = {"tokenizer.ggml.tokens": ["<|endoftext|>"], "tokenizer.ggml.bos_token_id": 0,
+                    "tokenizer.ggml.eos_token_id": 0}
+
+        def tokenize(self, text, add_bos=False, special=True):
+            return list(text)
+
+    msgs = [{"role": "system", "content": "S"}]
+    for i in range(4):
+        msgs += [{"role": "user", "content": f"question {i}" * 3}, {"role": "assistant", "content": f"answer {i}" * 3}]
+    msgs.append({"role": "user", "content": "last"})
+    kept, dropped = trim_history(msgs, CharModel(), limit=10**6, reserve=0)
+    assert kept == msgs and dropped == 0
+    kept, dropped = trim_history(msgs, CharModel(), limit=150, reserve=20)
+    assert kept[0] == msgs[0] and kept[-1] == msgs[-1] and dropped % 2 == 0 and 0 < dropped < 8
+    assert kept[1]["role"] == "user" and kept == [msgs[0]] + msgs[1 + dropped:]
+    kept, dropped = trim_history(msgs, CharModel(), limit=5, reserve=0)   # nothing fits: the last message stays
+    assert kept == [msgs[0], msgs[-1]] and dropped == 8

@@ -88,3 +88,24 @@ def test_schedule_and_argument_errors(tmp_path, text_file):
         main(["--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o"), "--quiet"])
     with pytest.raises(SystemExit):
         parse_args(["--out", str(tmp_path)])  # --data required without --resume
+
+
+def test_held_out_books_and_the_trained_context(tmp_path, text_file):
+    """--eval-file takes several whole books, each scored on its own; the checkpoint (and so the converted file's
+    mole.context_length) declares the context the model was trained at, not a longer one it never saw."""
+    import mole
+    from mole_convert.convert import convert
+
+    books = []
+    for name, line in (("book-a.txt", "Numbers remember what people forget.\n"),
+                       ("book-b.txt", "The lantern keeper walked the shore at dusk.\n")):
+        books.append(tmp_path / name)
+        books[-1].write_text(line * 100)
+    log = run(tmp_path / "out", [text_file], "--steps", "4", "--eval-file", *map(str, books))
+    assert set(log["final_bpb_by_file"]) == {"book-a.txt", "book-b.txt"}
+    seq_len = PRESETS["tiny"]["seq_len"]
+    ckpt = load_checkpoint(tmp_path / "out")
+    assert ckpt.config.max_position_embeddings == seq_len
+    convert(tmp_path / "out", tmp_path / "m.gguf", progress=False)
+    with mole.Model(tmp_path / "m.gguf") as m:
+        assert m.info["n_ctx_train"] == seq_len and m.n_ctx == seq_len

@@ -23,6 +23,11 @@ PRESETS = {
     "demo": dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                  num_attention_heads=4, num_key_value_heads=4, num_experts=4, seq_len=128, batch_size=16,
                  steps=1500, lr=2e-3, warmup=50, eval_every=500, log_every=10, save_every=250, time_limit=55.0),
+    # The bundled demo since 0.3 (docs/demo.md): trained at the context chat runs at, with 7 experts (the most whose
+    # 4-bit LUT keeps the file under 24 MB).
+    "demo512": dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                    num_attention_heads=4, num_key_value_heads=4, num_experts=7, seq_len=512, batch_size=8,
+                    steps=1200, lr=2e-3, warmup=40, eval_every=200, log_every=10, save_every=50, time_limit=100.0),
 }
 MODEL_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "num_experts")
@@ -57,8 +62,9 @@ def parse_train_args(argv) -> argparse.Namespace:
     p.add_argument("--stop-after", type=int, help="stop (and save) after this step; the schedule still ends at --steps")
     p.add_argument("--time-limit", type=float,
                    help="minutes: the lr schedule ends and training stops (and saves) by then, counting resumed time")
-    p.add_argument("--eval-file", type=pathlib.Path,
-                   help="held-out text; default: the last --eval-fraction of each --data file")
+    p.add_argument("--eval-file", type=pathlib.Path, nargs="+",
+                   help="held-out text files (whole books the model never sees; each scored on its own); default: "
+                        "the last --eval-fraction of each --data file")
     p.add_argument("--eval-fraction", type=float, default=0.02)
     p.add_argument("--eval-tokens", type=int, default=0, help="cap on held-out tokens per eval (0 = all)")
     for key in MODEL_KEYS[:-1]:

@@ -26,7 +26,7 @@ CHAT_TEMPLATE = (
 
 def read_texts(args) -> tuple[list[str], dict[str, str]]:
     """(training texts, {file name: held-out text}). Without --eval-file the last eval_fraction of each
-    file, cut at a line break, is held out."""
+    file, cut at a line break, is held out; with it, each --eval-file is scored on its own."""
     train, held = [], {}
     for path in args.data:
         if not path.is_file():
@@ -40,10 +40,10 @@ def read_texts(args) -> tuple[list[str], dict[str, str]]:
         cut = nl + 1 if 0 <= nl < len(text) - 1 else cut
         train.append(text[:cut])
         held[path.name if path.name not in held else str(path)] = text[cut:]
-    if args.eval_file is not None:
-        if not args.eval_file.is_file():
-            raise FileNotFoundError(f"eval file not found: {args.eval_file}")
-        held = {args.eval_file.name: args.eval_file.read_text(encoding="utf-8")}
+    for path in args.eval_file or ():
+        if not path.is_file():
+            raise FileNotFoundError(f"eval file not found: {path}")
+        held[path.name if path.name not in held else str(path)] = path.read_text(encoding="utf-8")
     if not any(t.strip() for t in train) or not any(t.strip() for t in held.values()):
         raise ValueError("not enough text: training and held-out parts must both be non-empty")
     return train, held
@@ -168,7 +168,8 @@ def main(argv=None) -> int:
         if not args.data:
             args.data = [pathlib.Path(p) for p in saved["data"]]
         if args.eval_file is None and saved["eval_file"]:
-            args.eval_file = pathlib.Path(saved["eval_file"])
+            ev = saved["eval_file"]   # one path (before 0.3) or a list
+            args.eval_file = [pathlib.Path(f) for f in ([ev] if isinstance(ev, str) else ev)]
     args.out.mkdir(parents=True, exist_ok=True)
 
     train_texts, held_texts = read_texts(args)
@@ -183,7 +184,7 @@ def main(argv=None) -> int:
     say(args, f"data: {len(train_ids)} training tokens, {n_held_tokens} held-out tokens "
               f"({n_held_bytes / max(1, n_held_tokens):.2f} bytes/token)")
 
-    config = MoleConfig(**{k: getattr(args, k) for k in MODEL_KEYS}, max_position_embeddings=max(2048, args.seq_len),
+    config = MoleConfig(**{k: getattr(args, k) for k in MODEL_KEYS}, max_position_embeddings=args.seq_len,
                         rms_norm_eps=1e-5, rope_theta=10000.0, bos_token_id=0, eos_token_id=0)
     model = MoleForCausalLM(config, form="training").init_weights(std=0.02, seed=args.seed)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -216,7 +217,7 @@ def main(argv=None) -> int:
                     "args": {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()
                              if k not in ("data", "eval_file")} | {
                         "data": [str(p) for p in args.data],
-                        "eval_file": str(args.eval_file) if args.eval_file else None}}, tmp)
+                        "eval_file": [str(f) for f in args.eval_file] if args.eval_file else None}}, tmp)
         os.replace(tmp, state_path)
 
     if step == 0:

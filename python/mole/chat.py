@@ -65,3 +65,24 @@ def render_chat(messages, template: str | None, model) -> tuple[str, list[str]]:
         stops += [s for s in DEFAULT_STOPS if s not in stops]
     return text, stops
 
+
+
+def prompt_tokens(messages, model) -> int:
+    """Tokens of the prompt Model.chat would evaluate for these messages."""
+    prompt, _ = render_chat(messages, model.metadata.get(G.KEY_CHAT_TEMPLATE), model)
+    return len(model.tokenize(prompt, add_bos=False, special=True))
+
+
+def trim_history(messages, model, limit: int, reserve: int) -> tuple[list[dict], int]:
+    """Drops the oldest turns until the rendered prompt and `reserve` more tokens (room for the reply) fit in
+    `limit` tokens. A leading system message and the last message always stay; a user message goes together
+    with the assistant reply that followed it. Returns (the messages kept, how many were dropped); when even
+    the last message alone does not fit, that is the caller's ContextFullError."""
+    head = list(messages[:1]) if messages and messages[0].get("role") == "system" else []
+    turns = list(messages[len(head):])
+    dropped = 0
+    while len(turns) > 1 and prompt_tokens(head + turns, model) + reserve > limit:
+        n = 2 if len(turns) > 2 and turns[0].get("role") == "user" and turns[1].get("role") == "assistant" else 1
+        del turns[:n]
+        dropped += n
+    return head + turns, dropped

@@ -138,8 +138,15 @@ def format_stats(s: dict) -> str:
 
 
 def cmd_chat(a) -> int:
+    from .chat import trim_history
+
     with _open_model(a) as m:
         history = [{"role": "system", "content": a.system}] if a.system else []
+        # The oldest turns go once the chat passes the context the model was trained at (past it, quality falls)
+        # or the context made, whichever is smaller.
+        trained = int(m.info["n_ctx_train"])
+        limit = min(trained, m.n_ctx)
+        why = "was trained at" if trained <= m.n_ctx else "has room for (-c)"
         interactive = sys.stdin.isatty()
         if interactive:
             print(f"mole chat: {m!r}\n/help lists the commands; /quit or Ctrl-D leaves.", file=sys.stderr)
@@ -174,6 +181,10 @@ def cmd_chat(a) -> int:
                 print(f"(unknown command {line}; /help lists the commands)", file=sys.stderr)
                 continue
             history.append({"role": "user", "content": text})
+            history, dropped = trim_history(history, m, limit, reserve=min(a.n_predict, limit // 4))
+            if dropped:
+                print(f"(dropped the {dropped} oldest message{'s' if dropped > 1 else ''}: the conversation passed "
+                      f"the {limit} tokens the model {why})", file=sys.stderr)
             reply = []
             try:
                 for chunk in m.chat(history, stream=True, max_tokens=a.n_predict, **_sampling(a)):
@@ -194,36 +205,22 @@ def cmd_chat(a) -> int:
 
 
 def cmd_perplexity(a) -> int:
-    import numpy as np
+    from .perplexity import perplexity
 
     with open(a.file, encoding="utf-8", errors="replace") as f:
         text = f.read()
     if a.chars:
         text = text[: a.chars]
     with _open_model(a) as m:
-        ids = m.tokenize(text)
-        if len(ids) < 2:
-            raise errors.InvalidArgumentError(f"{a.file}: fewer than 2 tokens of text")
-        n_ctx = min(a.ctx, m.n_ctx)
-        stride = max(1, n_ctx // 2)
-        nll, count, total = 0.0, 0, len(ids) - 1
         t0 = time.perf_counter()
-        begin, scored_to = 0, 1          # targets ids[1:scored_to] are scored
-        while scored_to < len(ids):
-            end = min(begin + n_ctx, len(ids))
-            logits = m.logits(ids[begin:end]).astype(np.float64)
-            logp = logits - logits.max(axis=1, keepdims=True)
-            logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
-            tgt = np.arange(scored_to, end)             # each target once, with the most context
-            nll -= logp[tgt - 1 - begin, np.asarray(ids)[tgt]].sum()
-            count += len(tgt)
-            scored_to = end
-            begin += stride
-            _progress(count, total, t0, "tokens")
+        try:
+            r = perplexity(m, text, a.ctx, progress=lambda done, total: _progress(done, total, t0, "tokens"))
+        except ValueError as e:
+            raise errors.InvalidArgumentError(f"{a.file}: {e}") from None
         sys.stderr.write("\n")
-        n_bytes = len(text.encode("utf-8"))
-        print(f"tokens {count}  ppl {math.exp(nll / count):.4f}  nll/token {nll / count:.4f}  "
-              f"bits/byte {nll / math.log(2) / n_bytes:.4f}")
+        # ± one standard error of the mean over the scored tokens (as llama.cpp's perplexity prints it)
+        print(f"tokens {r.n_tokens}  ppl {r.ppl:.4f} ± {r.ppl_se:.4f}  nll/token {r.nll:.4f} ± {r.nll_se:.4f}  "
+              f"bits/byte {r.bits_per_byte:.4f} ± {r.bits_per_byte_se:.4f}")
     return 0
 
 
@@ -403,7 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(c, sampling)
     c.set_defaults(fn=cmd_chat)
 
-    q = sub.add_parser("perplexity", help="perplexity and bits per byte of a text file")
+    q = sub.add_parser("perplexity", help="perplexity and bits per byte of a text file, with standard errors",
+                       description="Perplexity, nats per token and bits per byte of a text file, each with its "
+                       "standard error (± one standard error of the mean over the scored tokens). Windows of --ctx "
+                       "tokens advance by half a window; every token after the first is scored once.")
     _add_model_args(q, ctx, ctx_default=512)   # perplexity's evaluation window, as llama.cpp's
     q.add_argument("-f", "--file", required=True, help="text file")
     q.add_argument("--chars", type=_positive, default=None, help="only the first N characters")
