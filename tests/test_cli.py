@@ -25,7 +25,7 @@ def model(model_factory):
 def test_help_everywhere():
     r = mole("--help")
     assert r.returncode == 0 and "convert" in r.stdout and "perplexity" in r.stdout
-    for sub in ("run", "chat", "perplexity", "bench", "convert", "inspect", "train"):
+    for sub in ("run", "chat", "perplexity", "bench", "convert", "inspect", "train", "serve"):
         r = mole(sub, "--help")
         assert r.returncode == 0, (sub, r.stderr)
         assert "usage" in r.stdout.lower(), sub
@@ -128,7 +128,8 @@ def test_bench_without_source_tree(model, tmp_path, monkeypatch):
     ["run", "-p", "Hello", "--top-k", "-1"], ["run", "-p", "Hello", "--repeat-last-n", "-2"],
     ["run", "-p", "Hello", "--repeat-penalty", "-1"], ["run", "-p", "Hello", "--lut-cache-mb", "-1"],
     ["run", "-p", ""], ["chat", "-n", "-1"], ["perplexity", "-f", "t.txt", "--chars", "0"],
-    ["bench", "--repeats", "0"]])
+    ["bench", "--repeats", "0"], ["serve", "--port", "-1"], ["serve", "--parallel", "0"], ["serve", "--queue", "-1"],
+    ["serve", "--max-body-kb", "0"]])
 def test_bad_values_are_usage_errors_exit_2(model, args):
     """A bad value is a usage error, as argparse reports it: exit 2, the usage on stderr, nothing on stdout (`mole
     run` used to echo the prompt and then fail with exit 1)."""

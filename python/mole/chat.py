@@ -1,6 +1,8 @@
 """Chat prompts: the GGUF's chat template rendered with jinja2's sandbox, or a plain default."""
 from __future__ import annotations
 
+import functools
+
 from . import errors
 from . import gguf_names as G
 
@@ -32,17 +34,26 @@ def _check_messages(messages) -> list[dict]:
     return out
 
 
-def render_chat(messages, template: str | None, model) -> tuple[str, list[str]]:
-    """(prompt text, extra stop strings) for messages under template (None: the default)."""
+def _raise_exception(msg):
+    raise errors.InvalidArgumentError(f"chat template: {msg}")
+
+
+@functools.lru_cache(maxsize=8)
+def _compile(template: str):
+    """The template compiled in jinja2's sandbox, once per template text (mole serve renders one per request;
+    compiling costs milliseconds, rendering microseconds). A compiled template may render in several threads."""
     import jinja2.sandbox
 
-    msgs = _check_messages(messages)
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise_exception
+    return env.from_string(template)
 
-    def raise_exception(msg):
-        raise errors.InvalidArgumentError(f"chat template: {msg}")
 
-    env.globals["raise_exception"] = raise_exception
+def render_chat(messages, template: str | None, model) -> tuple[str, list[str]]:
+    """(prompt text, extra stop strings) for messages under template (None: the default)."""
+    import jinja2
+
+    msgs = _check_messages(messages)
     md = model.metadata
     tokens = md.get(G.KEY_TOKENS) or []
 
@@ -52,7 +63,7 @@ def render_chat(messages, template: str | None, model) -> tuple[str, list[str]]:
 
     specials = dict(bos_token=tok(G.KEY_BOS_ID), eos_token=tok(G.KEY_EOS_ID))
     try:
-        tpl = env.from_string(template or DEFAULT_TEMPLATE)
+        tpl = _compile(template or DEFAULT_TEMPLATE)
         text = tpl.render(messages=msgs, add_generation_prompt=True, **specials)
         # A base model does not know where its turn ends: also stop where the template would start
         # the next user turn ("User:" for a transcript template).

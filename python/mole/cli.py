@@ -1,4 +1,4 @@
-"""The `mole` command: convert, inspect, run, chat, train, perplexity, bench.
+"""The `mole` command: convert, inspect, run, chat, train, perplexity, bench, serve.
 
 Exit codes: 0 success, 1 an error (message on stderr), 2 bad usage (argparse's message: an unknown flag or a bad
 value such as `-n -5`), 130 interrupted (Ctrl-C), 141 stdout closed early (as a Unix tool killed by SIGPIPE:
@@ -18,6 +18,7 @@ from . import _ffi, errors
 # How the converter's dependencies are installed (README): from the clone, with the constraints file, which keeps
 # pip from pulling the multi-GB CUDA build of torch.
 CONVERT_INSTALL = 'pip install -c tests/constraints.txt ".[convert]"'
+SERVER_INSTALL = 'pip install ".[server]"'
 
 
 def _needs_converter(what: str, e: ImportError) -> errors.MoleError:
@@ -316,6 +317,30 @@ def _bench_simple(a) -> int:
     return 0
 
 
+def cmd_serve(a) -> int:
+    """The OpenAI-compatible server (mole/server/): needs the `server` extra (Starlette, uvicorn)."""
+    try:
+        from .server import app
+    except ImportError as e:
+        if not _is_dependency(e):
+            raise
+        raise errors.MoleError(f"mole serve needs the server's dependencies ({e}); install them from the root of "
+                               f"the mole.cpp clone with: {SERVER_INSTALL}") from None
+    batch = a.batch if a.batch is not None else _ffi.context_defaults()["n_batch"]
+    if a.parallel > batch:
+        a.parser.error(f"--parallel {a.parallel} is more than --batch {batch}: every sequence's next token must fit "
+                       "in one step")
+    if a.ctx_total is not None:   # the user asks to split one budget of positions (llama-server's -c with -np)
+        if a.ctx is not None:
+            a.parser.error("give --ctx (positions per sequence) or --ctx-total (positions split over --parallel), "
+                           "not both")
+        if a.ctx_total < a.parallel:
+            a.parser.error(f"--ctx-total {a.ctx_total} is less than --parallel {a.parallel}: each sequence needs at "
+                           "least one position")
+        a.ctx = a.ctx_total // a.parallel
+    return app.serve(a)
+
+
 def _int_at_least(low: int):
     def parse(text: str) -> int:
         try:
@@ -329,6 +354,13 @@ def _int_at_least(low: int):
 
 
 _positive, _non_negative = _int_at_least(1), _int_at_least(0)
+
+
+def _port(text: str) -> int:
+    n = _non_negative(text)
+    if n > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0..65535, got {text!r}")
+    return n
 
 
 def _float_in(low: float, high: float | None = None):
@@ -422,6 +454,36 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=_positive, default=3)
     b.add_argument("--json", default=None, help="also write the results to this JSON file")
     b.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching (needs .[server])",
+                       description="OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions (streamed "
+                       "over server-sent events or not), /v1/models, /health, /metrics (Prometheus). Concurrent "
+                       "requests decode together in one forward step over --parallel sequences, each of the full "
+                       "context. Needs the server extra: " + SERVER_INSTALL)
+    _add_model_args(s, ctx)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0: any free port, printed)")
+    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but /health "
+                   "(default: the MOLE_API_KEY environment variable; unset: no key)")
+    s.add_argument("--parallel", "-np", type=_positive, default=4,
+                   help="sequences decoded together, each with the full context of --ctx positions (default 4; the "
+                   "KV cache grows with parallel x ctx)")
+    s.add_argument("--ctx-total", type=_positive, default=None,
+                   help="split this many positions evenly over the --parallel sequences instead (each gets "
+                   "ctx-total / parallel; llama-server's -c with -np). Without it nothing is split: every sequence "
+                   "has the full --ctx")
+    s.add_argument("--queue", type=_non_negative, default=64,
+                   help="sequences that may wait for a free one; past that a request gets 503 (default 64)")
+    s.add_argument("--batch", type=_positive, default=None,
+                   help=f"most tokens per forward step: a new prompt is read in chunks of what the running "
+                   f"sequences leave of it (default {_default(ctx, 'n_batch')})")
+    s.add_argument("--max-tokens", type=_positive, default=None,
+                   help="most tokens one choice may ask for (default: the context length)")
+    s.add_argument("--max-body-kb", type=_positive, default=1024, help="largest request body in KiB (default 1024)")
+    s.add_argument("--alias", default=None, help="model id in the API (default: the file's name)")
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level (default info: one line per request on stderr)")
+    s.set_defaults(fn=cmd_serve, parser=s)
     return p
 
 
