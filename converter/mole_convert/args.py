@@ -27,7 +27,7 @@ PRESETS = {
     # 4-bit LUT keeps the file under 24 MB).
     "demo512": dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                     num_attention_heads=4, num_key_value_heads=4, num_experts=7, seq_len=512, batch_size=8,
-                    steps=1200, lr=2e-3, warmup=40, eval_every=200, log_every=10, save_every=50, time_limit=100.0),
+                    steps=800, lr=2e-3, warmup=30, eval_every=100, log_every=10, save_every=25),
 }
 MODEL_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "num_experts")
