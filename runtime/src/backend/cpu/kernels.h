@@ -9,16 +9,22 @@
 
 namespace mole::cpu {
 
-enum class Isa : int { Portable = 0, Avx2 = 1, Avx512 = 2 };
+// AvxVnni is AVX2 plus vpdpbusd on ymm (the AVX-VNNI extension: Intel from Alder Lake, AMD from
+// Zen 5); it only changes the q8x16 matmul, every other op runs its AVX2 kernel.
+enum class Isa : int { Portable = 0, Avx2 = 1, AvxVnni = 2, Avx512 = 3 };
 
-// Highest level this CPU and OS support (AVX2 = avx2+fma+f16c; AVX512 = f+bw+vl+dq+vnni).
+// Highest level this CPU and OS support (AVX2 = avx2+fma+f16c; AVXVNNI = that + avx-vnni;
+// AVX512 = f+bw+vl+dq+vnni with AVX2).
 Isa best_isa();
-// Level the kernels use now: best_isa(), lowered by MOLE_CPU_ISA=portable|avx2|avx512 (read once)
-// or by set_isa(). A request above best_isa() is clamped to it.
+// Level the kernels use now: best_isa(), lowered by MOLE_CPU_ISA=portable|avx2|avxvnni|avx512
+// (read once) or by set_isa(). A request above best_isa() is clamped to it, and AVXVNNI on a CPU
+// without AVX-VNNI (an AVX-512 CPU can lack it) to AVX2.
 Isa active_isa();
-// Forces a level (tests, benchmarks); returns the level actually set (clamped to best_isa()).
+// Forces a level (tests, benchmarks); returns the level actually set (clamped as above).
 Isa set_isa(Isa isa);
 const char *isa_name(Isa isa);
+// The AVX2 family (AVX2 and AVXVNNI): the levels that share the 256-bit kernels.
+inline bool is_avx2_family(Isa isa) { return isa == Isa::Avx2 || isa == Isa::AvxVnni; }
 
 // One matmul: Y[S, n] = X[S, k] W^T. X is f32 for F32/F16/BF16, xq (q8 rows) for Q8_0/Q4_0.
 struct MatmulArgs {

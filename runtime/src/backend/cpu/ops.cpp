@@ -104,6 +104,21 @@ struct Q8Scratch {
     }
 };
 
+// The q8x16 matmul of each level (set_isa never selects AVXVNNI where the build lacks its kernel).
+void (*packed_kernel(Isa isa))(const Q8x16Args &, int64_t, int64_t, int64_t, int64_t) {
+    switch (isa) {
+    case Isa::Avx512: return matmul_q8x16_avx512;
+#ifdef MOLE_AVXVNNI_KERNELS
+    case Isa::AvxVnni: return matmul_q8x16_avxvnni;
+#else
+    case Isa::AvxVnni:
+#endif
+    case Isa::Avx2: return matmul_q8x16_avx2;
+    case Isa::Portable: break;
+    }
+    return matmul_q8x16_portable;
+}
+
 constexpr int64_t kRowAlign = 16;   // row chunks are multiples of 16 rows (whole SIMD tiles)
 constexpr int64_t kSChunk = 64;     // X rows per task when S is large
 
@@ -133,7 +148,7 @@ void matmul_multi(const MatmulOut *outs, int n_outs, int64_t k, const float *X, 
         static thread_local Q8Scratch scratch;
         xq = scratch.rows(S, k);
         auto quant = isa == Isa::Avx512 ? quantize_rows_q8_avx512
-            : isa == Isa::Avx2          ? quantize_rows_q8_avx2
+            : is_avx2_family(isa)       ? quantize_rows_q8_avx2
                                         : quantize_rows_q8_portable;
         if (nt > 1 && S >= 4) {
             const int64_t per = (S + nt - 1) / nt;
@@ -147,8 +162,8 @@ void matmul_multi(const MatmulOut *outs, int n_outs, int64_t k, const float *X, 
         }
     }
 
-    auto tile = isa == Isa::Avx512 ? matmul_tile_avx512 : isa == Isa::Avx2 ? matmul_tile_avx2 : matmul_tile_portable;
-    auto packed_tile = isa == Isa::Avx512 ? matmul_q8x16_avx512 : matmul_q8x16_portable;
+    auto tile = isa == Isa::Avx512 ? matmul_tile_avx512 : is_avx2_family(isa) ? matmul_tile_avx2 : matmul_tile_portable;
+    auto packed_tile = packed_kernel(isa);
 
     // Per output: S in chunks of kSChunk rows; n in chunks of whole tiles, enough chunks per
     // thread that dynamic scheduling balances, but each at least ~16 KB of weights. The outputs'
