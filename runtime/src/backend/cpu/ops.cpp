@@ -266,7 +266,8 @@ void gelu_portable(float *x, int64_t n) {
 }  // namespace
 
 void gelu(float *x, int64_t n, ThreadPool *pool) {
-    auto fn = active_isa() == Isa::Avx512 ? gelu_avx512 : gelu_portable;
+    const Isa isa = active_isa();
+    auto fn = isa == Isa::Avx512 ? gelu_avx512 : is_avx2_family(isa) ? gelu_avx2 : gelu_portable;
     constexpr int64_t kChunk = 16384;   // elements per task (a multiple of 16)
     const int64_t n_tasks = (n + kChunk - 1) / kChunk;
     if (!pool || pool->size() == 1 || n_tasks < 2) return fn(x, n);
@@ -341,7 +342,9 @@ void attention(const float *q, const float *k, const float *v, int64_t kv_stride
     constexpr int64_t kQChunk = 16;   // queries per task
     const int64_t q_chunks = (S + kQChunk - 1) / kQChunk;
 
-    const bool blocked = active_isa() == Isa::Avx512;
+    const Isa isa = active_isa();
+    auto block_fn = isa == Isa::Avx512 ? attention_block_avx512 : attention_block_avx2;
+    const bool blocked = isa != Isa::Portable;
     auto run = [&](int64_t task, int) {
         const int64_t h = task % n_head, qc = q_chunks - 1 - task / n_head;   // longest rows first
         const int64_t kvh = h / group;
@@ -350,9 +353,8 @@ void attention(const float *q, const float *k, const float *v, int64_t kv_stride
         if (blocked && nq >= 4) {   // queries in SIMD lanes: no horizontal sum per key
             const size_t need = size_t((T + hd) * kQChunk);
             if (scores.size() < need) scores.resize(need);
-            attention_block_avx512(q + (s0 * n_head + h) * hd, n_head * hd, int(nq), k + kvh * hd, v + kvh * hd,
-                                   kv_stride, pos0 + s0 + 1, hd, scale, out + (s0 * n_head + h) * hd, n_head * hd,
-                                   scores.data());
+            block_fn(q + (s0 * n_head + h) * hd, n_head * hd, int(nq), k + kvh * hd, v + kvh * hd, kv_stride,
+                     pos0 + s0 + 1, hd, scale, out + (s0 * n_head + h) * hd, n_head * hd, scores.data());
             return;
         }
         if (int64_t(scores.size()) < T) scores.resize(size_t(T));
