@@ -62,7 +62,7 @@ MOLE_API const char *mole_version(void);
 /* Thread-local text of the last failure on this thread ("" if none). Valid until the next call. */
 MOLE_API const char *mole_last_error(void);
 MOLE_API const char *mole_status_string(enum mole_status status);
-/* CPU features detected at run time and the kernels chosen, e.g. "avx512=1 avx2=1 vnni=1 cuda=0". */
+/* CPU features detected at run time and the kernels chosen, e.g. "avx512=1 avx2=1 vnni=1 avxvnni=1 cuda=0". */
 MOLE_API const char *mole_system_info(void);
 
 /* ---- model -------------------------------------------------------------------------------- */

@@ -98,7 +98,8 @@ MOLE_API const char *mole_system_info(void) {
         const mole::cpu::Features &f = mole::cpu::cpu_features();
         std::string s = "avx512=" + std::to_string(f.avx512f ? 1 : 0) + " avx2=" + std::to_string(f.avx2 ? 1 : 0) +
             " fma=" + std::to_string(f.fma ? 1 : 0) + " f16c=" + std::to_string(f.f16c ? 1 : 0) +
-            " vnni=" + std::to_string(f.avx512vnni ? 1 : 0) + " avx512bf16=" + std::to_string(f.avx512bf16 ? 1 : 0);
+            " vnni=" + std::to_string(f.avx512vnni ? 1 : 0) + " avxvnni=" + std::to_string(f.avxvnni ? 1 : 0) +
+            " avx512bf16=" + std::to_string(f.avx512bf16 ? 1 : 0);
         // Whether CUDA is usable here, and if not why: "cuda=1 (NVIDIA H200, sm_90, 150.1 GB)",
         // "cuda=0 (device CUDA: no usable CUDA driver (...))", "cuda=0 (not built)".
         const mole::BackendInfo *cuda = mole::find_backend(MOLE_DEVICE_CUDA);

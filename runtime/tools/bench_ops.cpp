@@ -1,7 +1,7 @@
 // bench_ops: times the CPU matmul on the 160M model's shapes for every weight type, ISA path and
 // thread count (median of repeats), and a plain stream-read loop for the machine's memory bandwidth.
-// q8x16 is Q8_0 repacked for VNNI (repack.h), as models load on AVX-512 machines.
-// Usage: bench_ops [--types f32,q8_0,q8x16] [--isa portable,avx2,avx512] [--threads 1,2] [--S 1,512]
+// q8x16 is Q8_0 repacked (repack.h), as models load on AVX2, AVX-VNNI and AVX-512 machines.
+// Usage: bench_ops [--types f32,q8_0,q8x16] [--isa portable,avx2,avxvnni,avx512] [--threads 1,2] [--S 1,512]
 //                  [--reps 5] [--cold-mb 600] [--max-s 3] [--shapes attn,up,down,output]
 #include <algorithm>
 #include <chrono>
@@ -246,7 +246,10 @@ int main(int argc, char **argv) {
                 std::vector<float> X(size_t(S * sh.k)), Y(size_t(S * sh.n));
                 for (auto &x : X) x = rng.uniform();
                 for (const std::string &isn : isa_list) {
-                    Isa want = isn == "portable" ? Isa::Portable : isn == "avx2" ? Isa::Avx2 : Isa::Avx512;
+                    Isa want = isn == "portable" ? Isa::Portable
+                        : isn == "avx2"          ? Isa::Avx2
+                        : isn == "avxvnni"       ? Isa::AvxVnni
+                                                 : Isa::Avx512;
                     if (set_isa(want) != want) continue;   // not supported here
                     for (const std::string &th : thread_list) {
                         const int nt = std::atoi(th.c_str());

@@ -44,7 +44,9 @@ bool cpu_at(cpu::Isa isa, bool repack) {
 // The first line is the reference every other result is compared with.
 const Variant kVariants[] = {
     {MOLE_DEVICE_CPU, "cpu-portable", [] { return cpu_at(cpu::Isa::Portable, true); }},
-    {MOLE_DEVICE_CPU, "cpu-avx2", [] { return cpu_at(cpu::Isa::Avx2, true); }},
+    {MOLE_DEVICE_CPU, "cpu-avx2", [] { return cpu_at(cpu::Isa::Avx2, true); }},   // q8x16 with vpmaddubsw
+    {MOLE_DEVICE_CPU, "cpu-avx2-rows", [] { return cpu_at(cpu::Isa::Avx2, false); }},
+    {MOLE_DEVICE_CPU, "cpu-avxvnni", [] { return cpu_at(cpu::Isa::AvxVnni, true); }},   // q8x16 with ymm vpdpbusd
     {MOLE_DEVICE_CPU, "cpu-avx512", [] { return cpu_at(cpu::Isa::Avx512, true); }},   // Q8_0 repacked to q8x16
     {MOLE_DEVICE_CPU, "cpu-avx512-rows", [] { return cpu_at(cpu::Isa::Avx512, false); }},
     {MOLE_DEVICE_CUDA, "cuda", [] { return cpu_at(cpu::best_isa(), true); }},   // a GPU, or the SIMT executor

@@ -21,10 +21,13 @@ using namespace opref;
 
 namespace {
 
+// Every level this machine can run (AVXVNNI only where the CPU has AVX-VNNI).
 std::vector<Isa> isas() {
-    std::vector<Isa> v{Isa::Portable};
-    if (int(best_isa()) >= int(Isa::Avx2)) v.push_back(Isa::Avx2);
-    if (int(best_isa()) >= int(Isa::Avx512)) v.push_back(Isa::Avx512);
+    const Isa now = active_isa();
+    std::vector<Isa> v;
+    for (Isa i : {Isa::Portable, Isa::Avx2, Isa::AvxVnni, Isa::Avx512})
+        if (set_isa(i) == i) v.push_back(i);
+    set_isa(now);
     return v;
 }
 
@@ -229,6 +232,12 @@ void test_isa_select() {
     const Isa best = best_isa();
     check(set_isa(Isa::Avx512) == best, "set_isa clamps to the best supported level");
     check(set_isa(Isa::Portable) == Isa::Portable, "set_isa lowers to portable");
+    const Isa vnni = set_isa(Isa::AvxVnni);
+    check(vnni ==
+              (cpu_features().avxvnni && int(best) >= int(Isa::AvxVnni) ? Isa::AvxVnni
+                   : int(best) >= int(Isa::Avx2)                        ? Isa::Avx2
+                                                                        : Isa::Portable),
+          fmt("set_isa(avxvnni) gives avxvnni only with AVX-VNNI, else the level below (got %s)", isa_name(vnni)));
     set_isa(best);
 }
 
@@ -240,8 +249,10 @@ int main() {
     const char *env = std::getenv("MOLE_CPU_ISA");
     std::printf("ISA paths tested:%s (best on this machine: %s; default now: %s, MOLE_CPU_ISA=%s)\n", paths.c_str(),
                 isa_name(best_isa()), isa_name(active_isa()), env ? env : "unset");
-    if (env && (!std::strcmp(env, "portable") || !std::strcmp(env, "avx2")))
-        check(int(active_isa()) <= int(env[0] == 'p' ? Isa::Portable : Isa::Avx2),
+    if (env && (!std::strcmp(env, "portable") || !std::strcmp(env, "avx2") || !std::strcmp(env, "avxvnni")))
+        check(int(active_isa()) <= int(env[0] == 'p'       ? Isa::Portable
+                                           : env[3] == '2' ? Isa::Avx2
+                                                           : Isa::AvxVnni),
               "MOLE_CPU_ISA lowers the default level");
     test_dequantize();
     test_quantize_act();

@@ -1,5 +1,6 @@
-// AVX2 helpers of the row-at-a-time attention (compiled with -mavx2 -mfma -mf16c; called only
-// after the run-time check): q.k scores, the softmax numerator, and the weighted sum of values.
+// AVX2 attention (compiled with -mavx2 -mfma -mf16c; called only after the run-time check): the
+// row-at-a-time helpers (q.k scores, the softmax numerator, the weighted sum of values) and, for
+// prompts, blocks of 16 queries in SIMD lanes as on AVX-512.
 #include <algorithm>
 #include <cmath>
 
@@ -112,6 +113,133 @@ double softmax_exp_avx2(float *x, int64_t n) {
         sum += x[i];
     }
     return sum;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prompt attention: a block of up to 16 consecutive queries of one head in two 8-lane registers
+// (lanes 0-7 and 8-15), the same steps as attention_avx512.cpp.
+
+namespace {
+
+// e^x for x <= 0 (clamped at -104, below which the result is ~0), ~1e-7 relative.
+inline __m256 exp_neg(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-104.0f));
+    const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+    return exp_reduced_avx2(r, k);
+}
+
+// Lanes (queries j0 .. j0+8) that see key t: query j sees keys 0 .. n0 + j - 1, i.e. j > t - n0.
+inline __m256 visible(int64_t t, int64_t n0, int j0) {
+    const __m256i lane = _mm256_setr_epi32(j0, j0 + 1, j0 + 2, j0 + 3, j0 + 4, j0 + 5, j0 + 6, j0 + 7);
+    const int64_t lim = std::max<int64_t>(std::min<int64_t>(t - n0, 16), -1);
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32(int(lim))));
+}
+
+// scores[t][16] for keys t0 .. t0+KB of QT[hd][16]; masked lanes -inf; updates the running max.
+template <int KB> inline void score_keys(const float *QT, const float *k, int64_t kv_stride, int64_t hd, int64_t t0,
+                                         int64_t n0, float scale, float *scores, __m256 mx[2]) {
+    __m256 acc[KB][2];
+    for (int i = 0; i < KB; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (int64_t e = 0; e < hd; ++e) {
+        const __m256 q0 = _mm256_loadu_ps(QT + e * 16), q1 = _mm256_loadu_ps(QT + e * 16 + 8);
+        for (int i = 0; i < KB; ++i) {
+            const __m256 kv = _mm256_set1_ps(k[(t0 + i) * kv_stride + e]);
+            acc[i][0] = _mm256_fmadd_ps(q0, kv, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(q1, kv, acc[i][1]);
+        }
+    }
+    const __m256 ninf = _mm256_set1_ps(-INFINITY), sv = _mm256_set1_ps(scale);
+    for (int i = 0; i < KB; ++i)
+        for (int h = 0; h < 2; ++h) {
+            const __m256 s = _mm256_blendv_ps(ninf, _mm256_mul_ps(acc[i][h], sv), visible(t0 + i, n0, 8 * h));
+            _mm256_storeu_ps(scores + (t0 + i) * 16 + 8 * h, s);
+            mx[h] = _mm256_max_ps(mx[h], s);
+        }
+}
+
+// Lanes below `left` of 8 (all for left >= 8), for masked loads and stores of a head's tail.
+inline __m256i tail_mask(int64_t left) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<int64_t>(left, 8))), lane);
+}
+
+// out_j[e0 .. e0 + 8 NV) for queries j0 .. j0+QJ: sum_t p[t][j] v_t, times inv[j]; the last of
+// the NV vectors is masked to the head's end.
+template <int QJ, int NV> void accumulate(const float *p, const float *v, int64_t kv_stride, int64_t hd, int64_t n0,
+                                          int j0, int64_t e0, const float *inv, float *out, int64_t out_stride) {
+    const int64_t n_keys = n0 + j0 + QJ - 1;   // the group's last query sees the most keys
+    const __m256i tail = tail_mask(hd - e0 - 8 * (NV - 1));
+    __m256 acc[QJ][NV];
+    for (int j = 0; j < QJ; ++j)
+        for (int c = 0; c < NV; ++c) acc[j][c] = _mm256_setzero_ps();
+    const float *vt = v + e0;
+    for (int64_t t = 0; t < n_keys; ++t, vt += kv_stride) {
+        __m256 vv[NV];
+        for (int c = 0; c + 1 < NV; ++c) vv[c] = _mm256_loadu_ps(vt + 8 * c);
+        vv[NV - 1] = _mm256_maskload_ps(vt + 8 * (NV - 1), tail);
+        for (int j = 0; j < QJ; ++j) {
+            const __m256 pj = _mm256_set1_ps(p[t * 16 + j0 + j]);
+            for (int c = 0; c < NV; ++c) acc[j][c] = _mm256_fmadd_ps(pj, vv[c], acc[j][c]);
+        }
+    }
+    for (int j = 0; j < QJ; ++j) {
+        const __m256 iv = _mm256_set1_ps(inv[j0 + j]);
+        float *o = out + (j0 + j) * out_stride + e0;
+        for (int c = 0; c + 1 < NV; ++c) _mm256_storeu_ps(o + 8 * c, _mm256_mul_ps(acc[j][c], iv));
+        _mm256_maskstore_ps(o + 8 * (NV - 1), tail, _mm256_mul_ps(acc[j][NV - 1], iv));
+    }
+}
+
+template <int QJ> void accumulate_all(const float *p, const float *v, int64_t kv_stride, int64_t hd, int64_t n0, int j0,
+                                      const float *inv, float *out, int64_t out_stride) {
+    for (int64_t e0 = 0; e0 < hd; e0 += 16) {
+        if (hd - e0 > 8)
+            accumulate<QJ, 2>(p, v, kv_stride, hd, n0, j0, e0, inv, out, out_stride);
+        else
+            accumulate<QJ, 1>(p, v, kv_stride, hd, n0, j0, e0, inv, out, out_stride);
+    }
+}
+
+}  // namespace
+
+void attention_block_avx2(const float *q, int64_t q_stride, int nq, const float *k, const float *v, int64_t kv_stride,
+                          int64_t n0, int64_t hd, float scale, float *out, int64_t out_stride, float *buf) {
+    float *QT = buf;                      // [hd][16] the queries' columns (lanes past nq: 0)
+    float *p = buf + hd * 16;             // [T][16] scores, then exp(score - max)
+    const int64_t T = n0 + nq - 1;        // keys the block's last query sees
+    for (int64_t e = 0; e < hd; ++e)
+        for (int j = 0; j < 16; ++j) QT[e * 16 + j] = j < nq ? q[j * q_stride + e] : 0.0f;
+    __m256 mx[2] = {_mm256_set1_ps(-INFINITY), _mm256_set1_ps(-INFINITY)};
+    int64_t t = 0;
+    for (; t + 6 <= T; t += 6) score_keys<6>(QT, k, kv_stride, hd, t, n0, scale, p, mx);
+    for (; t < T; ++t) score_keys<1>(QT, k, kv_stride, hd, t, n0, scale, p, mx);
+    // p = exp(s - max) (0 where masked), sums in double per lane
+    __m256d sum[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    for (t = 0; t < T; ++t)
+        for (int h = 0; h < 2; ++h) {
+            const __m256 s = _mm256_loadu_ps(p + t * 16 + 8 * h);
+            const __m256 live = _mm256_cmp_ps(s, ninf, _CMP_NEQ_OQ);
+            const __m256 e = _mm256_and_ps(live, exp_neg(_mm256_sub_ps(s, mx[h])));
+            _mm256_storeu_ps(p + t * 16 + 8 * h, e);
+            sum[2 * h] = _mm256_add_pd(sum[2 * h], _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+            sum[2 * h + 1] = _mm256_add_pd(sum[2 * h + 1], _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+        }
+    alignas(32) double sums[16];
+    for (int i = 0; i < 4; ++i) _mm256_store_pd(sums + 4 * i, sum[i]);
+    float inv[16];
+    for (int j = 0; j < 16; ++j) inv[j] = float(1.0 / sums[j]);
+    int j = 0;
+    for (; j + 4 <= nq; j += 4) accumulate_all<4>(p, v, kv_stride, hd, n0, j, inv, out, out_stride);
+    switch (nq - j) {
+    case 1: accumulate_all<1>(p, v, kv_stride, hd, n0, j, inv, out, out_stride); break;
+    case 2: accumulate_all<2>(p, v, kv_stride, hd, n0, j, inv, out, out_stride); break;
+    case 3: accumulate_all<3>(p, v, kv_stride, hd, n0, j, inv, out, out_stride); break;
+    default: break;
+    }
 }
 
 }  // namespace mole::cpu

@@ -1,12 +1,27 @@
-// Shared by the *_avx2.cpp kernels only (compiled with -mavx2 -mfma -mf16c): horizontal sum and
-// the loads of one weight row's elements as floats.
+// Shared by the *_avx2.cpp kernels only (compiled with -mavx2 -mfma -mf16c): horizontal sum, the
+// loads of one weight row's elements as floats, and the e^r * 2^k of the exp-based kernels.
 #pragma once
 
 #include <immintrin.h>
 
+#include "backend/cpu/exp_poly.h"
 #include "types.h"
 
 namespace mole::cpu {
+
+// e^r * 2^k for |r| <= ~0.35 and integral k >= -252 (after a Cody-Waite reduction x = k ln2 + r;
+// exp_poly.h). 2^k is applied as two powers built in the exponent bits, so results down to the
+// denormals come out as AVX-512's scalef gives them (to within the denormal's last bit).
+inline __m256 exp_reduced_avx2(__m256 r, __m256 k) {
+    const __m256 e = exp_taylor(
+        r, [](__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); },
+        [](float c) { return _mm256_set1_ps(c); });
+    const __m256i ki = _mm256_cvtps_epi32(k), k1 = _mm256_srai_epi32(ki, 1), k2 = _mm256_sub_epi32(ki, k1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    const __m256 p1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k1, bias), 23));
+    const __m256 p2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k2, bias), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(e, p1), p2);
+}
 
 inline float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

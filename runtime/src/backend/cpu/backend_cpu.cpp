@@ -1,6 +1,6 @@
 // The CPU backend: the reference implementation of backend.h over the CPU kernels (ops.h). It owns
-// the thread pool, the q8x16 repacking of Q8_0 matrices (made once per model, on AVX-512 VNNI
-// machines; MOLE_CPU_REPACK=0 keeps the file's rows) and its memory; every op runs at once.
+// the thread pool, the q8x16 repacking of Q8_0 matrices (made once per model on AVX2, AVX-VNNI and
+// AVX-512 machines; MOLE_CPU_REPACK=0 keeps the file's rows) and its memory; every op runs at once.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -32,7 +32,7 @@ public:
 bool repack_wanted() {
     const char *e = std::getenv("MOLE_CPU_REPACK");
     if (e && (!std::strcmp(e, "0") || !std::strcmp(e, "off") || !std::strcmp(e, "false"))) return false;
-    return active_isa() == Isa::Avx512;
+    return active_isa() != Isa::Portable;
 }
 
 // Copies every Q8_0 matrix into the q8x16 layout, reading the file with pread a chunk of rows at

@@ -1,5 +1,5 @@
 // CPU feature detection (cpuid + xgetbv) and the run-time choice of the kernel instruction set,
-// which MOLE_CPU_ISA=portable|avx2|avx512 or set_isa() may lower for tests and benchmarks.
+// which MOLE_CPU_ISA=portable|avx2|avxvnni|avx512 or set_isa() may lower for tests and benchmarks.
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -14,6 +14,15 @@
 namespace mole::cpu {
 
 namespace {
+
+// The build compiles the AVX-VNNI kernels where the compiler knows -mavxvnni (CMakeLists.txt).
+constexpr bool have_avxvnni_kernels() {
+#ifdef MOLE_AVXVNNI_KERNELS
+    return true;
+#else
+    return false;
+#endif
+}
 
 Features detect() {
     Features f;
@@ -33,14 +42,15 @@ Features detect() {
     f.avx2 = (b >> 5) & 1;
     f.fma = fma;
     f.f16c = f16c;
+    unsigned a1, b1, c1, d1;
+    __cpuid_count(7, 1, a1, b1, c1, d1);
+    f.avxvnni = (a1 >> 4) & 1;   // VEX-encoded vpdpbusd on xmm/ymm
     if (zmm_os) {
         f.avx512f = (b >> 16) & 1;
         f.avx512dq = (b >> 17) & 1;
         f.avx512bw = (b >> 30) & 1;
         f.avx512vl = (b >> 31) & 1;
         f.avx512vnni = (c >> 11) & 1;
-        unsigned a1, b1, c1, d1;
-        __cpuid_count(7, 1, a1, b1, c1, d1);
         f.avx512bf16 = (a1 >> 5) & 1;
     }
 #endif
@@ -51,8 +61,15 @@ Isa detect_best() {
     const Features &f = cpu_features();
     if (f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512vnni && f.avx2 && f.fma && f.f16c)
         return Isa::Avx512;
-    if (f.avx2 && f.fma && f.f16c) return Isa::Avx2;
+    if (f.avx2 && f.fma && f.f16c) return f.avxvnni && have_avxvnni_kernels() ? Isa::AvxVnni : Isa::Avx2;
     return Isa::Portable;
+}
+
+// At most best_isa(); AVXVNNI only where the CPU has it (an AVX-512 CPU may not).
+Isa clamp(Isa want) {
+    Isa v = int(want) < int(best_isa()) ? want : best_isa();
+    if (v == Isa::AvxVnni && !(cpu_features().avxvnni && have_avxvnni_kernels())) v = Isa::Avx2;
+    return v;
 }
 
 Isa from_env(Isa best) {
@@ -63,9 +80,11 @@ Isa from_env(Isa best) {
         want = Isa::Portable;
     else if (!std::strcmp(e, "avx2"))
         want = Isa::Avx2;
+    else if (!std::strcmp(e, "avxvnni"))
+        want = Isa::AvxVnni;
     else if (!std::strcmp(e, "avx512"))
         want = Isa::Avx512;
-    return int(want) < int(best) ? want : best;  // unknown values keep the best level
+    return clamp(want);   // unknown values keep the best level
 }
 
 std::atomic<int> g_isa{-1};
@@ -93,7 +112,7 @@ Isa active_isa() {
 }
 
 Isa set_isa(Isa isa) {
-    Isa v = int(isa) < int(best_isa()) ? isa : best_isa();
+    const Isa v = clamp(isa);
     g_isa.store(int(v), std::memory_order_relaxed);
     return v;
 }
@@ -102,6 +121,7 @@ const char *isa_name(Isa isa) {
     switch (isa) {
     case Isa::Portable: return "portable";
     case Isa::Avx2: return "avx2";
+    case Isa::AvxVnni: return "avxvnni";
     case Isa::Avx512: return "avx512";
     }
     return "?";

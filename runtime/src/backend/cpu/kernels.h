@@ -9,16 +9,22 @@
 
 namespace mole::cpu {
 
-enum class Isa : int { Portable = 0, Avx2 = 1, Avx512 = 2 };
+// AvxVnni is AVX2 plus vpdpbusd on ymm (the AVX-VNNI extension: Intel from Alder Lake, AMD from
+// Zen 5); it only changes the q8x16 matmul, every other op runs its AVX2 kernel.
+enum class Isa : int { Portable = 0, Avx2 = 1, AvxVnni = 2, Avx512 = 3 };
 
-// Highest level this CPU and OS support (AVX2 = avx2+fma+f16c; AVX512 = f+bw+vl+dq+vnni).
+// Highest level this CPU and OS support (AVX2 = avx2+fma+f16c; AVXVNNI = that + avx-vnni;
+// AVX512 = f+bw+vl+dq+vnni with AVX2).
 Isa best_isa();
-// Level the kernels use now: best_isa(), lowered by MOLE_CPU_ISA=portable|avx2|avx512 (read once)
-// or by set_isa(). A request above best_isa() is clamped to it.
+// Level the kernels use now: best_isa(), lowered by MOLE_CPU_ISA=portable|avx2|avxvnni|avx512
+// (read once) or by set_isa(). A request above best_isa() is clamped to it, and AVXVNNI on a CPU
+// without AVX-VNNI (an AVX-512 CPU can lack it) to AVX2.
 Isa active_isa();
-// Forces a level (tests, benchmarks); returns the level actually set (clamped to best_isa()).
+// Forces a level (tests, benchmarks); returns the level actually set (clamped as above).
 Isa set_isa(Isa isa);
 const char *isa_name(Isa isa);
+// The AVX2 family (AVX2 and AVXVNNI): the levels that share the 256-bit kernels.
+inline bool is_avx2_family(Isa isa) { return isa == Isa::Avx2 || isa == Isa::AvxVnni; }
 
 // One matmul: Y[S, n] = X[S, k] W^T. X is f32 for F32/F16/BF16, xq (q8 rows) for Q8_0/Q4_0.
 struct MatmulArgs {
@@ -47,8 +53,10 @@ void dequantize_row_avx2(Type type, const void *src, float *dst, int64_t n);
 // lut_mix over N*d Q8_0 values (d a multiple of 32): out[i] += sum_j (g[j] d_jb) q_ji, one FMA each.
 void lut_mix_q8_0_avx512(const float *g, const BlockQ8_0 *blocks, int64_t N, int64_t d, float *out);
 
-// gelu (erf form) in place with AVX-512; relative error ~1e-7 of the exact value for every x.
+// gelu (erf form) in place with AVX-512 / AVX2; relative error ~1e-7 of the exact value for
+// every x (the same branch-free erfc, 16 or 8 lanes at a time).
 void gelu_avx512(float *x, int64_t n);
+void gelu_avx2(float *x, int64_t n);
 
 // Vector helpers for attention: dot(a, b) over n.
 float dot_f32_avx2(const float *a, const float *b, int64_t n);
@@ -63,6 +71,9 @@ double softmax_exp_avx2(float *x, int64_t n);
 // floats of scratch. Per query, the same result as the row-at-a-time path to ~1e-7 relative.
 void attention_block_avx512(const float *q, int64_t q_stride, int nq, const float *k, const float *v, int64_t kv_stride,
                             int64_t n0, int64_t hd, float scale, float *out, int64_t out_stride, float *buf);
+// The same with AVX2: the 16 queries in two 8-lane registers.
+void attention_block_avx2(const float *q, int64_t q_stride, int nq, const float *k, const float *v, int64_t kv_stride,
+                          int64_t n0, int64_t hd, float scale, float *out, int64_t out_stride, float *buf);
 void attn_accum_avx2(const float *p, const float *v, int64_t kv_stride, int64_t n_keys, int64_t hd, float *out);
 
 }  // namespace mole::cpu

@@ -104,6 +104,21 @@ struct Q8Scratch {
     }
 };
 
+// The q8x16 matmul of each level (set_isa never selects AVXVNNI where the build lacks its kernel).
+void (*packed_kernel(Isa isa))(const Q8x16Args &, int64_t, int64_t, int64_t, int64_t) {
+    switch (isa) {
+    case Isa::Avx512: return matmul_q8x16_avx512;
+#ifdef MOLE_AVXVNNI_KERNELS
+    case Isa::AvxVnni: return matmul_q8x16_avxvnni;
+#else
+    case Isa::AvxVnni:
+#endif
+    case Isa::Avx2: return matmul_q8x16_avx2;
+    case Isa::Portable: break;
+    }
+    return matmul_q8x16_portable;
+}
+
 constexpr int64_t kRowAlign = 16;   // row chunks are multiples of 16 rows (whole SIMD tiles)
 constexpr int64_t kSChunk = 64;     // X rows per task when S is large
 
@@ -133,7 +148,7 @@ void matmul_multi(const MatmulOut *outs, int n_outs, int64_t k, const float *X, 
         static thread_local Q8Scratch scratch;
         xq = scratch.rows(S, k);
         auto quant = isa == Isa::Avx512 ? quantize_rows_q8_avx512
-            : isa == Isa::Avx2          ? quantize_rows_q8_avx2
+            : is_avx2_family(isa)       ? quantize_rows_q8_avx2
                                         : quantize_rows_q8_portable;
         if (nt > 1 && S >= 4) {
             const int64_t per = (S + nt - 1) / nt;
@@ -147,8 +162,8 @@ void matmul_multi(const MatmulOut *outs, int n_outs, int64_t k, const float *X, 
         }
     }
 
-    auto tile = isa == Isa::Avx512 ? matmul_tile_avx512 : isa == Isa::Avx2 ? matmul_tile_avx2 : matmul_tile_portable;
-    auto packed_tile = isa == Isa::Avx512 ? matmul_q8x16_avx512 : matmul_q8x16_portable;
+    auto tile = isa == Isa::Avx512 ? matmul_tile_avx512 : is_avx2_family(isa) ? matmul_tile_avx2 : matmul_tile_portable;
+    auto packed_tile = packed_kernel(isa);
 
     // Per output: S in chunks of kSChunk rows; n in chunks of whole tiles, enough chunks per
     // thread that dynamic scheduling balances, but each at least ~16 KB of weights. The outputs'
@@ -251,7 +266,8 @@ void gelu_portable(float *x, int64_t n) {
 }  // namespace
 
 void gelu(float *x, int64_t n, ThreadPool *pool) {
-    auto fn = active_isa() == Isa::Avx512 ? gelu_avx512 : gelu_portable;
+    const Isa isa = active_isa();
+    auto fn = isa == Isa::Avx512 ? gelu_avx512 : is_avx2_family(isa) ? gelu_avx2 : gelu_portable;
     constexpr int64_t kChunk = 16384;   // elements per task (a multiple of 16)
     const int64_t n_tasks = (n + kChunk - 1) / kChunk;
     if (!pool || pool->size() == 1 || n_tasks < 2) return fn(x, n);
@@ -326,7 +342,9 @@ void attention(const float *q, const float *k, const float *v, int64_t kv_stride
     constexpr int64_t kQChunk = 16;   // queries per task
     const int64_t q_chunks = (S + kQChunk - 1) / kQChunk;
 
-    const bool blocked = active_isa() == Isa::Avx512;
+    const Isa isa = active_isa();
+    auto block_fn = isa == Isa::Avx512 ? attention_block_avx512 : attention_block_avx2;
+    const bool blocked = isa != Isa::Portable;
     auto run = [&](int64_t task, int) {
         const int64_t h = task % n_head, qc = q_chunks - 1 - task / n_head;   // longest rows first
         const int64_t kvh = h / group;
@@ -335,9 +353,8 @@ void attention(const float *q, const float *k, const float *v, int64_t kv_stride
         if (blocked && nq >= 4) {   // queries in SIMD lanes: no horizontal sum per key
             const size_t need = size_t((T + hd) * kQChunk);
             if (scores.size() < need) scores.resize(need);
-            attention_block_avx512(q + (s0 * n_head + h) * hd, n_head * hd, int(nq), k + kvh * hd, v + kvh * hd,
-                                   kv_stride, pos0 + s0 + 1, hd, scale, out + (s0 * n_head + h) * hd, n_head * hd,
-                                   scores.data());
+            block_fn(q + (s0 * n_head + h) * hd, n_head * hd, int(nq), k + kvh * hd, v + kvh * hd, kv_stride,
+                     pos0 + s0 + 1, hd, scale, out + (s0 * n_head + h) * hd, n_head * hd, scores.data());
             return;
         }
         if (int64_t(scores.size()) < T) scores.resize(size_t(T));

@@ -1,6 +1,6 @@
 // CPU backend: the reference kernels every other backend is tested against.
 // Activations are f32, row-major. Weights keep their file type (ggml block layouts) and are never
-// expanded to f32 as a whole. SIMD paths (AVX2, AVX-512) are chosen at run time (cpu_features()).
+// expanded to f32 as a whole. SIMD paths (AVX2, AVX-VNNI, AVX-512) are chosen at run time (cpu_features()).
 #pragma once
 
 #include <cstddef>
@@ -12,8 +12,8 @@
 namespace mole::cpu {
 
 struct Features {
-    bool avx2 = false, fma = false, f16c = false, avx512f = false, avx512bw = false, avx512vnni = false,
-         avx512bf16 = false, avx512vl = false, avx512dq = false;
+    bool avx2 = false, fma = false, f16c = false, avxvnni = false, avx512f = false, avx512bw = false,
+         avx512vnni = false, avx512bf16 = false, avx512vl = false, avx512dq = false;
 };
 const Features &cpu_features();   // detected once (cpuid + xgetbv), thread-safe
 

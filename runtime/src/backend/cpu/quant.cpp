@@ -30,7 +30,8 @@ void quantize_rows_q8_portable(const float *X, int64_t s0, int64_t s1, const Q8R
 void quantize_rows_q8(const float *X, int64_t S, int64_t k, const Q8Rows &out) {
     switch (active_isa()) {
     case Isa::Avx512: quantize_rows_q8_avx512(X, 0, S, out); break;
-    case Isa::Avx2: quantize_rows_q8_avx2(X, 0, S, out); break;
+    case Isa::Avx2:
+    case Isa::AvxVnni: quantize_rows_q8_avx2(X, 0, S, out); break;
     default: quantize_rows_q8_portable(X, 0, S, out); break;
     }
 }

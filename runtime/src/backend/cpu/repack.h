@@ -1,6 +1,7 @@
 // Q8_0 weights repacked for VNNI (the "q8x16" layout): 16 output rows interleaved so that one
 // 512-bit register holds 4 consecutive k-values of 16 rows, and vpdpbusd multiplies it by one
-// broadcast 4-byte group of an activation row. The integer sum of a whole 32-block is formed
+// broadcast 4-byte group of an activation row. On AVX2 a 256-bit register holds the same for 8
+// rows (half a line; q8x16_ymm.h), multiplied with vpdpbusd (AVX-VNNI) or vpmaddubsw. The integer sum of a whole 32-block is formed
 // before any float work (8 vpdpbusd, then one convert and one FMA per 16 outputs), where the
 // row-major layout needs a convert, a scale multiply and an FMA per 64 products.
 //
@@ -36,10 +37,12 @@ void pack_q8x16(const BlockQ8_0 *src, int64_t r0, int64_t r1, int64_t k, uint8_t
 struct Q8x16Args {
     const uint8_t *W;   // packed tensor
     int64_t n, k;
-    Q8Rows xq;          // [S, k]
-    float *Y;           // [S, n]
+    Q8Rows xq;   // [S, k]
+    float *Y;   // [S, n]
 };
 void matmul_q8x16_portable(const Q8x16Args &a, int64_t r0, int64_t r1, int64_t s0, int64_t s1);
 void matmul_q8x16_avx512(const Q8x16Args &a, int64_t r0, int64_t r1, int64_t s0, int64_t s1);
+void matmul_q8x16_avxvnni(const Q8x16Args &a, int64_t r0, int64_t r1, int64_t s0, int64_t s1);   // ymm vpdpbusd
+void matmul_q8x16_avx2(const Q8x16Args &a, int64_t r0, int64_t r1, int64_t s0, int64_t s1);   // vpmaddubsw
 
-}  // namespace mole::cpu
+}   // namespace mole::cpu
