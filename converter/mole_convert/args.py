@@ -46,7 +46,7 @@ def convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", metavar="FILE", default=None,
                    help="text the low-bit LUT's cost is measured on (KL of the next-token distributions against "
                         "the q8_0 LUT, and the perplexity ratio); default: windows over a seeded permutation of "
-                        "the vocabulary (every LUT row once; not text)")
+                        "the vocabulary (each LUT row at most once, up to --calibration-tokens rows; not text)")
     p.add_argument("--calibration-tokens", type=int, default=DEFAULT_CALIBRATION_TOKENS, metavar="N",
                    help=f"calibration tokens used at most (default {DEFAULT_CALIBRATION_TOKENS})")
     p.add_argument("--max-kl", type=float, default=DEFAULT_MAX_KL, metavar="NATS",
