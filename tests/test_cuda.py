@@ -21,7 +21,7 @@ from test_parity import reference, rel_err  # noqa: E402
 
 # (LUT type, weight type, tolerance vs float64 PyTorch: the CPU's stated ones, test_parity.py)
 CASES = [("f32", "f32", None), ("f16", "f32", 5e-4), ("q8_0", "f32", 1e-2), ("q4_0", "f32", 1e-1),
-         ("q8_0", "q8_0", 5e-2), ("q4_0", "f16", 1e-1)]
+         ("q8_0", "q8_0", 5e-2), ("q4_0", "f16", 1e-1), ("iq4_nl", "f32", 1e-1), ("q3_k", "f32", 2e-1)]
 
 
 def cmake_option(build_dir, name):

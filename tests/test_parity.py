@@ -117,7 +117,8 @@ def test_greedy_64_tokens_identical(model_factory):
 # Measured on tiny_config seed 0 (f16 1.5e-4, bf16 8.7e-4, q8_0 2.6e-3, q4_0 4.4e-2, f16 weights
 # 4.6e-4, q8_0+q8_0 1.9e-2, q4_0+f16 4.3e-2); the bounds leave ~3x headroom.
 QUANT_CASES = [("f16", "f32", 5e-4), ("bf16", "f32", 3e-3), ("q8_0", "f32", 1e-2), ("q4_0", "f32", 1e-1),
-               ("f32", "f16", 1.5e-3), ("q8_0", "q8_0", 5e-2), ("q4_0", "f16", 1e-1)]
+               ("f32", "f16", 1.5e-3), ("q8_0", "q8_0", 5e-2), ("q4_0", "f16", 1e-1),
+               ("iq4_nl", "f32", 1e-1), ("q3_k", "f32", 2e-1), ("iq4_nl", "q8_0", 1e-1)]
 
 
 @pytest.mark.parametrize("lut_type,weight_type,tol", QUANT_CASES)
@@ -153,12 +154,12 @@ def test_batched_sequences_match_separate_runs(model_factory):
     assert c.stats()["lut_rows_fetched"] == len(set(toks)) + 2
 
 
-@pytest.mark.parametrize("lut_type", ["f32", "q8_0", "q4_0"])
+@pytest.mark.parametrize("lut_type", ["f32", "q8_0", "q4_0", "iq4_nl", "q3_k"])
 def test_counters_fetch_each_distinct_row_once(model_factory, lut_type):
     path, _, cfg = model_factory(lut_type, "f32")
     c = Ctx(path, lut_cache_mb=0)
-    assert c.row_bytes == {"f32": 4, "q8_0": 34 / 32, "q4_0": 18 / 32}[lut_type] * cfg.num_hidden_layers * \
-        cfg.num_experts * cfg.hidden_size
+    per_value = {"f32": 4, "q8_0": 34 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32, "q3_k": 110 / 256}[lut_type]
+    assert c.row_bytes == per_value * cfg.num_hidden_layers * cfg.num_experts * cfg.hidden_size
     c.decode(IDS)
     k = len(set(IDS))
     s = c.stats()

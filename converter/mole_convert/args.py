@@ -7,7 +7,13 @@ import os
 import pathlib
 
 WEIGHT_TYPES = ("f32", "f16", "bf16", "q8_0")
-LUT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
+LUT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "iq4_nl", "q3_k")
+GATED_LUT_TYPES = ("q4_0", "iq4_nl", "q3_k")   # below 8 bits: measured against q8_0 before writing (lut_gate.py)
+# The gate's defaults live here, where they are importable without torch (lut_gate.py uses them): the limit on
+# the mean KL against q8_0 in nats per token (on text the model writes, the perplexity rise is about exp(KL) - 1,
+# so 0.03 allows ~3%: the target for a 3-bit LUT), and the calibration tokens used at most.
+DEFAULT_MAX_KL = 0.03
+DEFAULT_CALIBRATION_TOKENS = 4096
 
 TRAIN_DESCRIPTION = "Train a byte-level BPE tokenizer and a small MoLE (or dense) model on plain text files, on CPU."
 
@@ -39,7 +45,19 @@ def convert_parser() -> argparse.ArgumentParser:
                                             "or dense form) to a GGUF file; the LUT is computed in streaming chunks.")
     p.add_argument("src", metavar="SRC", help="checkpoint directory (config.json, weights, tokenizer.json)")
     p.add_argument("dst", metavar="DST", help="output .gguf path (replaced only when complete)")
-    p.add_argument("--lut-type", choices=LUT_TYPES, default="q8_0", help="LUT storage type (default q8_0)")
+    p.add_argument("--lut-type", choices=LUT_TYPES, default="q8_0",
+                   help="LUT storage type (default q8_0). iq4_nl: 4.5 bits per value, q3_k: 3.44 (rows a multiple "
+                        "of 256 values); below 8 bits the conversion first measures the cost (--calibration)")
+    p.add_argument("--calibration", metavar="FILE", default=None,
+                   help="text the low-bit LUT's cost is measured on (KL of the next-token distributions against "
+                        "the q8_0 LUT, and the perplexity ratio); default: windows over a seeded permutation of "
+                        "the vocabulary (each LUT row at most once, up to --calibration-tokens rows; not text)")
+    p.add_argument("--calibration-tokens", type=int, default=DEFAULT_CALIBRATION_TOKENS, metavar="N",
+                   help=f"calibration tokens used at most (default {DEFAULT_CALIBRATION_TOKENS})")
+    p.add_argument("--max-kl", type=float, default=DEFAULT_MAX_KL, metavar="NATS",
+                   help=f"refuse a low-bit LUT whose KL against q8_0 passes this, in nats per token (default "
+                        f"{DEFAULT_MAX_KL}: about +3%% perplexity on text the model writes)")
+    p.add_argument("--force", action="store_true", help="write a low-bit LUT even past --max-kl")
     p.add_argument("--weight-type", choices=WEIGHT_TYPES, default="f16",
                    help="type of the dense matrices (default f16); norms and router stay f32")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")

@@ -13,9 +13,10 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .errors import ConvertError
-from .args import LUT_TYPES, WEIGHT_TYPES, convert_parser
+from .args import DEFAULT_MAX_KL, GATED_LUT_TYPES, LUT_TYPES, WEIGHT_TYPES, convert_parser
 from .gguf_out import plan_tensors, write_gguf
-from .quantize import can_quantize
+from .lut_gate import DEFAULT_TOKENS, GateResult, measure
+from .quantize import block_size, can_quantize
 from .reparam import LutStream
 from .tokenizer_meta import build_tokenizer_meta
 
@@ -44,15 +45,27 @@ def _say(msg: str, enabled: bool) -> None:
         print(f"mole convert: {msg}", file=sys.stderr, flush=True)
 
 
+class QualityGateError(ConvertError):
+    """A LUT type below 8 bits costs more than the limit against q8_0 (and force was not given)."""
+
+    def __init__(self, msg: str, result: GateResult):
+        super().__init__(msg)
+        self.result = result
+
+
 def convert(src_dir, dst_path, lut_type: str = "q8_0", weight_type: str = "f16", *,
             chunk_tokens: int | None = None, threads: int | None = None, progress: bool = True,
-            memory_budget: int | None = None) -> pathlib.Path:
+            memory_budget: int | None = None, calibration=None, calibration_tokens: int = DEFAULT_TOKENS,
+            max_kl: float = DEFAULT_MAX_KL, force: bool = False) -> pathlib.Path:
     """Convert a checkpoint directory to a GGUF file at dst_path and return its path.
 
-    lut_type: f32|f16|bf16|q8_0|q4_0 (the LUT); weight_type: f32|f16|bf16|q8_0 (matrices; norms and router
-    stay f32). chunk_tokens forces the LUT chunk size, otherwise it follows memory_budget (bytes).
+    lut_type: f32|f16|bf16|q8_0|q4_0|iq4_nl|q3_k (the LUT); weight_type: f32|f16|bf16|q8_0 (matrices; norms and
+    router stay f32). chunk_tokens forces the LUT chunk size, otherwise it follows memory_budget (bytes).
     threads: torch threads for the re-parameterization (default: all cores). An existing dst_path is
     replaced only once the new file is complete; on any failure no partial file is left.
+    A LUT below 8 bits (q4_0, iq4_nl, q3_k) is first measured against q8_0 (lut_gate.measure on the calibration
+    text, or on the vocabulary when None); the KL goes into the metadata, and past max_kl the conversion raises
+    QualityGateError unless force.
     """
     if lut_type not in LUT_TYPES:
         raise ValueError(f"LUT type {lut_type!r} is not one of {', '.join(LUT_TYPES)}")
@@ -79,10 +92,28 @@ def convert(src_dir, dst_path, lut_type: str = "q8_0", weight_type: str = "f16",
     lut = None
     if ckpt.form != "dense":
         row_len = c.num_hidden_layers * c.num_experts * c.hidden_size
+        if not can_quantize(lut_type, row_len) and lut_type in GATED_LUT_TYPES:
+            raise ConvertError(f"LUT row length {row_len} (L*N*d) is not a multiple of the {lut_type} block size "
+                               f"{block_size(lut_type)}; a smaller LUT type must divide it (q4_0, iq4_nl: 32)")
         if not can_quantize(lut_type, row_len):
             notes.append(f"LUT row length {row_len} is not a multiple of the {lut_type} block size; stored as f16")
             lut_type = "f16"
         lut = LutStream(ckpt, lut_type, chunk_tokens=chunk_tokens, memory_budget=memory_budget, progress=progress)
+    gate = None
+    if lut is not None and lut_type in GATED_LUT_TYPES:
+        saved_threads = torch.get_num_threads()
+        torch.set_num_threads(threads or os.cpu_count() or 1)
+        try:
+            gate = measure(ckpt, lut_type, calibration, calibration_tokens)
+        finally:
+            torch.set_num_threads(saved_threads)
+        _say(gate.describe(), progress)
+        if gate.kl > max_kl:
+            if not force:
+                raise QualityGateError(
+                    f"quality gate: {gate.describe()} passes the limit {max_kl} nats/token; keep the default "
+                    f"q8_0 LUT, or pass --force (force=True) to write it anyway", gate)
+            notes.append(f"LUT {lut_type}: KL {gate.kl:.5f} passes the limit {max_kl}; written because forced")
     for n in notes:
         _say(f"note: {n}", progress)
     if lut is not None:
@@ -95,7 +126,7 @@ def convert(src_dir, dst_path, lut_type: str = "q8_0", weight_type: str = "f16",
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads or os.cpu_count() or 1)
     try:
-        write_gguf(tmp, ckpt, plan, tok, lut, name=ckpt.directory.resolve().name, progress=progress)
+        write_gguf(tmp, ckpt, plan, tok, lut, name=ckpt.directory.resolve().name, progress=progress, gate=gate)
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -117,7 +148,9 @@ def main_convert(argv=None) -> int:
     try:
         out = convert(a.src, a.dst, a.lut_type, a.weight_type, chunk_tokens=a.chunk_tokens, threads=a.threads,
                       progress=not a.quiet,
-                      memory_budget=None if a.memory_mb is None else a.memory_mb << 20)
+                      memory_budget=None if a.memory_mb is None else a.memory_mb << 20,
+                      calibration=a.calibration, calibration_tokens=a.calibration_tokens, max_kl=a.max_kl,
+                      force=a.force)
     except KeyboardInterrupt:
         print("mole convert: interrupted; no output written", file=sys.stderr)
         return 130

@@ -113,13 +113,24 @@ def add_metadata(w: gguf.GGUFWriter, ckpt: Checkpoint, tok: TokenizerMeta, name:
         w.add_string(G.KEY_CHAT_TEMPLATE, tok.chat_template)
 
 
+def add_gate_metadata(w: gguf.GGUFWriter, gate) -> None:
+    """The low-bit LUT's measured cost (lut_gate.GateResult): KL against q8_0, perplexity ratio, what on."""
+    w.add_float32(G.KEY_LUT_KL_VS_Q8_0, float(gate.kl))
+    if gate.ppl_ratio is not None:
+        w.add_float32(G.KEY_LUT_PPL_RATIO_VS_Q8_0, float(gate.ppl_ratio))
+    w.add_string(G.KEY_LUT_CALIBRATION, f"{gate.tokens} tokens of {gate.source}")
+
+
 def write_gguf(path, ckpt: Checkpoint, plan: TensorPlan, tok: TokenizerMeta, lut=None, *,
-               name: str = "", progress: bool = False) -> None:
+               name: str = "", progress: bool = False, gate=None) -> None:
     """Write the whole file to path: header, metadata, tensor infos, dense tensors, then the LUT stream
-    (an object with nbytes and tofile(fout), e.g. reparam.LutStream) when the model has one."""
+    (an object with nbytes and tofile(fout), e.g. reparam.LutStream) when the model has one. gate: the
+    low-bit LUT's measurement (lut_gate.GateResult), written as mole.lut.* keys."""
     w = gguf.GGUFWriter(pathlib.Path(path), G.ARCH)
     try:
         add_metadata(w, ckpt, tok, name)
+        if gate is not None:
+            add_gate_metadata(w, gate)
         for t in plan.tensors:
             w.add_tensor_info(t.gguf_name, t.shape, np.float32, t.nbytes, raw_dtype=ggml_type(t.type_name))
         if lut is not None:

@@ -1,6 +1,7 @@
 """The MoLE language model in PyTorch: the reference every other part of mole.cpp is checked against.
 Parameter names are the authors' HF names, so their checkpoints load with load_state_dict(strict=True).
-Two forms: "training" computes the experts from the embedding; "reparam" gathers them from moe_table."""
+Two forms: "training" computes the experts from the embedding; "reparam" gathers them from moe_table. A third,
+"rows", holds the dense weights only and takes each position's LUT row as an argument (as the runtime does)."""
 from __future__ import annotations
 
 import copy
@@ -14,7 +15,7 @@ from torch import nn
 from . import checkpoint_names as C
 from .config import MoleConfig
 
-FORMS = ("training", "reparam")
+FORMS = ("training", "reparam", "rows")
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -149,8 +150,9 @@ class MoleForCausalLM(nn.Module):
         self.model = MoleModel(config, form)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)  # [V, d]
 
-    def forward(self, input_ids: torch.LongTensor) -> torch.Tensor:
-        """input_ids [B, S] -> logits [B, S, V] (fp32, or fp64 for a float64 model)."""
+    def forward(self, input_ids: torch.LongTensor, lut_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [B, S] -> logits [B, S, V] (fp32, or fp64 for a float64 model).
+        lut_rows [B, S, L*N*d]: each position's LUT row, required by (and only for) the "rows" form."""
         cfg = self.config
         B, S = input_ids.shape
         if S > cfg.max_position_embeddings:
@@ -159,8 +161,12 @@ class MoleForCausalLM(nn.Module):
         e = m.embed_tokens(input_ids)  # [B, S, d]
         cos, sin = rope_cos_sin(S, cfg.head_dim, cfg.rope_theta, cfg.rope_scale, e.dtype, e.device)
         table = None
+        if (lut_rows is not None) != (self.form == "rows"):
+            raise ValueError(f"lut_rows is required by the rows form and only by it (this model: {self.form})")
         if self.form == "reparam":
             table = m.moe_table(input_ids).view(B, S, cfg.num_hidden_layers, cfg.num_experts, cfg.hidden_size)
+        elif self.form == "rows":
+            table = lut_rows.reshape(B, S, cfg.num_hidden_layers, cfg.num_experts, cfg.hidden_size)
         if self.form == "training":  # experts read only the token id: compute them once per distinct id
             uniq, inverse = torch.unique(input_ids, return_inverse=True)  # [U], [B, S]
             e_uniq = m.embed_tokens(uniq)                                 # [U, d]
@@ -168,7 +174,7 @@ class MoleForCausalLM(nn.Module):
         for l, layer in enumerate(m.layers):
             if self.form == "training":
                 experts = layer.expert_outputs(e_uniq)[inverse]   # [U, N, d] -> [B, S, N, d]
-            elif self.form == "reparam":
+            elif table is not None:
                 experts = table[:, :, l]            # [B, S, N, d]
             else:
                 experts = None

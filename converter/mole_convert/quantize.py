@@ -1,7 +1,9 @@
-"""Row quantization into GGML layouts (f32, f16, bf16, q8_0, q4_0), vectorised numpy.
+"""Row quantization into GGML layouts (f32, f16, bf16, q8_0, q4_0, iq4_nl, q3_k), vectorised numpy.
 
-Byte-identical to gguf.quants.quantize on the same rows; rows are processed in bounded groups so
-temporaries stay small whatever the input size.
+f32..q4_0 are byte-identical to gguf.quants.quantize on the same rows. iq4_nl and q3_k (LUT types; gguf has
+no quantizer for them, only decoders) are this project's own searches for the least squared error in ggml's
+layouts, so any GGUF reader dequantizes them. Rows are processed in bounded groups so temporaries stay small
+whatever the input size.
 """
 from __future__ import annotations
 
@@ -15,7 +17,16 @@ TYPES: dict[str, tuple[GGMLQuantizationType, int, int]] = {
     "bf16": (GGMLQuantizationType.BF16, 1, 2),
     "q8_0": (GGMLQuantizationType.Q8_0, 32, 34),
     "q4_0": (GGMLQuantizationType.Q4_0, 32, 18),
+    "iq4_nl": (GGMLQuantizationType.IQ4_NL, 32, 18),
+    "q3_k": (GGMLQuantizationType.Q3_K, 256, 110),
 }
+
+# Bits per stored value of each type (scales included).
+BITS = {name: 8.0 * ts / bs for name, (_, bs, ts) in TYPES.items()}
+
+# ggml's kvalues_iq4nl: an IQ4_NL value is d * IQ4NL_VALUES[nibble].
+IQ4NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
+_IQ4NL_MID = (IQ4NL_VALUES[1:] + IQ4NL_VALUES[:-1]) / np.float32(2)   # decision boundaries [15]
 
 # Elements quantized per inner step (1 MB of f32): temporaries stay in cache and bounded.
 _GROUP_ELEMENTS = 1 << 18
@@ -73,7 +84,7 @@ def _check_scale(scale: np.ndarray, n: int, type_name: str, first_row: int) -> N
     """A block holding NaN or inf has a non-finite scale [B, 1]; name the first bad row."""
     bad = ~np.isfinite(scale[:, 0])
     if bad.any():
-        row = first_row + int(np.argmax(bad)) * 32 // n
+        row = first_row + int(np.argmax(bad)) * block_size(type_name) // n
         raise ValueError(f"row {row} holds a non-finite value (NaN or inf); cannot quantize to {type_name}")
 
 
@@ -111,11 +122,114 @@ def _q4_0(x: np.ndarray, first_row: int) -> np.ndarray:
     return out.reshape(rows, n // 32 * 18)
 
 
+def _ls_score(x: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares scale of x ~ d q over the last axis, and the squared error it removes (sum xq)^2 / sum q^2."""
+    sxq = (x * q).sum(axis=-1)
+    sqq = (q * q).sum(axis=-1)
+    d = np.zeros_like(sxq)
+    np.divide(sxq, sqq, out=d, where=sqq > 0)
+    return d, d * sxq
+
+
+def _iq4nl_index(v: np.ndarray) -> np.ndarray:
+    """Nearest codebook entry of v (already divided by the scale)."""
+    return np.searchsorted(_IQ4NL_MID, v).astype(np.uint8)
+
+
+def _iq4_nl(x: np.ndarray, first_row: int) -> np.ndarray:
+    """f32 [R, n] -> iq4_nl blocks uint8 [R, n/32*18]: f16 scale, then 16 bytes of codebook nibbles (q4_0's
+    order). Scale: the best of 17 trial scales around (largest-|x| value) / -127, each with nearest entries
+    and its least-squares scale; then the entries are re-chosen for the stored f16 scale."""
+    rows, n = x.shape
+    blocks = x.reshape(-1, 32)                                    # [B, 32]
+    imax = np.abs(blocks).argmax(axis=1)[:, None]
+    vmax = np.take_along_axis(blocks, imax, axis=1)[:, 0]         # [B], keeps the sign
+    _check_scale(vmax[:, None], n, "iq4_nl", first_row)
+    inv_max = np.zeros_like(vmax)
+    np.divide(np.float32(1), vmax, out=inv_max, where=vmax != 0)
+    best_d = np.zeros_like(vmax)
+    best = np.full_like(vmax, -1.0)
+    for t in range(-8, 9):
+        idx = _iq4nl_index(blocks * ((np.float32(-127 + t)) * inv_max)[:, None])
+        d, gain = _ls_score(blocks, IQ4NL_VALUES[idx])
+        better = gain > best
+        best = np.where(better, gain, best)
+        best_d = np.where(better, d, best_d)
+    dh = best_d.astype(np.float16)
+    inv = np.zeros_like(best_d)
+    np.divide(np.float32(1), dh.astype(np.float32), out=inv, where=dh != 0)
+    idx = _iq4nl_index(blocks * inv[:, None])                     # [B, 32]
+    idx[dh == 0] = 8                                               # value 1 * 0
+    out = np.empty((blocks.shape[0], 18), dtype=np.uint8)
+    out[:, :2] = dh[:, None].view(np.uint8)
+    out[:, 2:] = idx[:, :16] | (idx[:, 16:] << np.uint8(4))
+    return out.reshape(rows, n // 32 * 18)
+
+
+def _q3_k(x: np.ndarray, first_row: int) -> np.ndarray:
+    """f32 [R, n] -> q3_k super-blocks uint8 [R, n/256*110] (ggml's block_q3_K: hmask [32], qs [64], scales [12],
+    f16 d). Each sub-block of 16 takes the best of 11 trial scales (values -4..3, least squares); the 16 scales
+    are stored as six-bit multiples of d, d is refitted by least squares, and the values re-chosen for it."""
+    rows, n = x.shape
+    blocks = x.reshape(-1, 256)                                   # [B, 256]
+    B = blocks.shape[0]
+    _check_scale(np.abs(blocks).max(axis=1, keepdims=True), n, "q3_k", first_row)
+    sub = blocks.reshape(B, 16, 16)                               # [B, 16 sub-blocks, 16]
+    imax = np.abs(sub).argmax(axis=2)[..., None]
+    vmax = np.take_along_axis(sub, imax, axis=2)[..., 0]          # [B, 16], signed
+    inv_max = np.zeros_like(vmax)
+    np.divide(np.float32(1), vmax, out=inv_max, where=vmax != 0)
+    s_best = np.zeros_like(vmax)
+    best = np.full_like(vmax, -1.0)
+    for c in (-4.5, -4.25, -4.0, -3.75, -3.5, -3.25, -3.0, 2.75, 3.0, 3.25, 3.5):   # largest |x| -> c
+        q = np.clip(np.rint(sub * (np.float32(c) * inv_max)[..., None]), -4, 3)
+        s, gain = _ls_score(sub, q)
+        better = gain > best
+        best = np.where(better, gain, best)
+        s_best = np.where(better, s, s_best)
+    jmax = np.abs(s_best).argmax(axis=1)[:, None]
+    smax = np.take_along_axis(s_best, jmax, axis=1)[:, 0]         # [B], signed
+    iscale = np.zeros_like(smax)
+    np.divide(np.float32(-32), smax, out=iscale, where=smax != 0)
+    lv = np.clip(np.rint(s_best * iscale[:, None]), -32, 31).astype(np.float32)   # [B, 16] six-bit scales
+    d = np.zeros_like(smax)
+    np.divide(np.float32(1), iscale, out=d, where=iscale != 0)
+
+    def values(d: np.ndarray) -> np.ndarray:
+        dl = (d[:, None] * lv)[..., None]                         # [B, 16, 1]
+        inv = np.zeros_like(dl)
+        np.divide(np.float32(1), dl, out=inv, where=dl != 0)
+        return np.clip(np.rint(sub * inv), -4, 3)                 # [B, 16, 16]
+
+    q = values(d)
+    lq = (q * lv[..., None]).reshape(B, 256)
+    d, _ = _ls_score(blocks, lq)                                  # refit d for the chosen values
+    dh = d.astype(np.float16)
+    u = (values(dh.astype(np.float32)).reshape(B, 256) + 4).astype(np.uint8)   # 0..7
+    u = u.reshape(B, 2, 4, 32)                                    # element n*128 + j*32 + l -> [n, j, l]
+    shifts = np.arange(4, dtype=np.uint8)[None, None, :, None]
+    qs = ((u & np.uint8(3)) << (2 * shifts)).sum(axis=2, dtype=np.uint8).reshape(B, 64)
+    bits = np.arange(8, dtype=np.uint8)[None, :, None]
+    hmask = ((u >> np.uint8(2)).reshape(B, 8, 32) << bits).sum(axis=1, dtype=np.uint8)   # bit n*4 + j of byte l
+    l6 = (lv + 32).astype(np.uint8)                               # [B, 16] in 0..63
+    low, high = l6 & np.uint8(15), (l6 >> np.uint8(4)).reshape(B, 4, 4)
+    scales = np.empty((B, 12), dtype=np.uint8)
+    scales[:, :8] = low[:, :8] | (low[:, 8:] << np.uint8(4))
+    scales[:, 8:] = (high << (2 * np.arange(4, dtype=np.uint8))[None, :, None]).sum(axis=1, dtype=np.uint8)
+    out = np.empty((B, 110), dtype=np.uint8)
+    out[:, :32], out[:, 32:96], out[:, 96:108] = hmask, qs, scales
+    out[:, 108:] = dh[:, None].view(np.uint8)
+    return out.reshape(rows, n // 256 * 110)
+
+
+_QUANTIZERS = {"q8_0": _q8_0, "q4_0": _q4_0, "iq4_nl": _iq4_nl, "q3_k": _q3_k}
+
+
 def quantize(rows: np.ndarray, type_name: str, out: np.ndarray | None = None) -> np.ndarray:
     """Quantize rows f32 [T, n] into GGML bytes uint8 [T, row_bytes(type_name, n)].
 
     `out` (uint8 [T, row_bytes], may be a strided view) receives the bytes in place when given.
-    Byte-identical to gguf.quants.quantize(rows, type). q8_0/q4_0 reject NaN and inf.
+    f32..q4_0: byte-identical to gguf.quants.quantize(rows, type). The block types reject NaN and inf.
     """
     _check_type(type_name)
     rows = np.asarray(rows)
@@ -145,7 +259,7 @@ def _quantize_into(rows: np.ndarray, type_name: str, out: np.ndarray, step: int)
         elif type_name == "bf16":
             out[r0:r0 + step] = _bf16(x)
         else:
-            out[r0:r0 + step] = _q8_0(x, r0) if type_name == "q8_0" else _q4_0(x, r0)
+            out[r0:r0 + step] = _QUANTIZERS[type_name](x, r0)
 
 
 def dequantize(data: np.ndarray, type_name: str, n: int) -> np.ndarray:

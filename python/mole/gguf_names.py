@@ -35,6 +35,12 @@ KEY_BOS_ID = "tokenizer.ggml.bos_token_id"
 KEY_EOS_ID = "tokenizer.ggml.eos_token_id"
 KEY_PAD_ID = "tokenizer.ggml.padding_token_id"
 KEY_CHAT_TEMPLATE = "tokenizer.chat_template"
+# Written only for a LUT type below 8 bits (the converter's quality gate): the mean KL divergence (f32, nats per
+# token) of the next-token distributions against the same model with a q8_0 LUT, the perplexity ratio against it
+# (f32, with a calibration text only), and what the tokens were (string).
+KEY_LUT_KL_VS_Q8_0 = "mole.lut.kl_vs_q8_0"
+KEY_LUT_PPL_RATIO_VS_Q8_0 = "mole.lut.ppl_ratio_vs_q8_0"
+KEY_LUT_CALIBRATION = "mole.lut.calibration"
 
 # GGUF tensor names; {i} is the layer.
 TENSOR_TOKEN_EMBD = "token_embd.weight"        # [d, V]

@@ -59,7 +59,11 @@ def inspect(path) -> dict:
         rows = lut["shape"][1] if len(lut["shape"]) > 1 else 1
         res["lut"] = {"type": lut["type"], "row_elements": lut["shape"][0], "rows": rows, "row_bytes": lut_row_bytes,
                       "bytes": lut_bytes, "is_last": tensors[-1]["name"] == G.TENSOR_LUT,
-                      "lut_to_dense": lut_bytes / dense if dense else None}
+                      "lut_to_dense": lut_bytes / dense if dense else None,
+                      "bits_per_value": 8 * lut_row_bytes / lut["shape"][0] if lut["shape"][0] else None,
+                      "kl_vs_q8_0": meta.get(G.KEY_LUT_KL_VS_Q8_0),
+                      "ppl_ratio_vs_q8_0": meta.get(G.KEY_LUT_PPL_RATIO_VS_Q8_0),
+                      "calibration": meta.get(G.KEY_LUT_CALIBRATION)}
     return res
 
 
@@ -99,10 +103,14 @@ def format_inspect(info: dict) -> str:
         out.append(f"no LUT (dense model); weights {_size(info['dense_bytes'])}")
     else:
         out.append(f"LUT: {lut['rows']} rows x {lut['row_elements']} {lut['type']}, {lut['row_bytes']} bytes per row "
-                   f"(one read per token), {_size(lut['bytes'])} total"
+                   f"({lut['bits_per_value']:.4g} bits per value, one read per token), {_size(lut['bytes'])} total"
                    + ("" if lut["is_last"] else "  [WARNING: not the last tensor]"))
         ratio = f"{lut['lut_to_dense']:.1f}x" if lut["lut_to_dense"] is not None else "n/a"
         out.append(f"dense weights: {_size(info['dense_bytes'])}; LUT / dense = {ratio}")
+        if lut["kl_vs_q8_0"] is not None:
+            ppl = "" if lut["ppl_ratio_vs_q8_0"] is None else f", perplexity x{lut['ppl_ratio_vs_q8_0']:.4f}"
+            out.append(f"LUT cost against q8_0 (measured at conversion): KL {lut['kl_vs_q8_0']:.5f} nats/token{ppl} "
+                       f"on {lut['calibration'] or 'unknown calibration'}")
     return "\n".join(out)
 
 

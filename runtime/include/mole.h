@@ -52,8 +52,16 @@ enum mole_status {
 
 enum mole_device { MOLE_DEVICE_CPU = 0, MOLE_DEVICE_CUDA = 1 };
 
-/* GGML tensor type ids, as stored in the file. */
-enum mole_type { MOLE_TYPE_F32 = 0, MOLE_TYPE_F16 = 1, MOLE_TYPE_Q4_0 = 2, MOLE_TYPE_Q8_0 = 8, MOLE_TYPE_BF16 = 30 };
+/* GGML tensor type ids, as stored in the file. Q3_K and IQ4_NL: LUT only. */
+enum mole_type {
+    MOLE_TYPE_F32 = 0,
+    MOLE_TYPE_F16 = 1,
+    MOLE_TYPE_Q4_0 = 2,
+    MOLE_TYPE_Q8_0 = 8,
+    MOLE_TYPE_Q3_K = 11,
+    MOLE_TYPE_IQ4_NL = 20,
+    MOLE_TYPE_BF16 = 30
+};
 
 /* ---- library ---------------------------------------------------------------------------- */
 

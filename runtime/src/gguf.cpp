@@ -337,9 +337,10 @@ Status Gguf::parse(const uint8_t *data, uint64_t size, const std::string &what) 
 
         int64_t block_elems, block_bytes;
         if (!type_traits(t.type, &block_elems, &block_bytes))
-            return set_error(MOLE_STATUS_FORMAT_ERROR,
-                             "%s: tensor '%s': unsupported type %u (supported: f32, f16, bf16, q8_0, q4_0)", w.c_str(),
-                             tn, t.type);
+            return set_error(
+                MOLE_STATUS_FORMAT_ERROR,
+                "%s: tensor '%s': unsupported type %u (supported: f32, f16, bf16, q8_0, q4_0, iq4_nl, q3_k)", w.c_str(),
+                tn, t.type);
         if (t.ne[0] % block_elems != 0)
             return set_error(MOLE_STATUS_FORMAT_ERROR,
                              "%s: tensor '%s': row length %" PRId64 " is not a multiple of the %s block size %" PRId64,

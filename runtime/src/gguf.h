@@ -63,7 +63,7 @@ struct GgufTensor {
     std::string name;
     uint32_t n_dims = 0;
     int64_t ne[4] = {1, 1, 1, 1};   // ggml order: ne[0] is the row length
-    uint32_t type = 0;              // ggml type id (F32/F16/BF16/Q8_0/Q4_0 only)
+    uint32_t type = 0;              // ggml type id (F32/F16/BF16/Q8_0/Q4_0; IQ4_NL/Q3_K)
     uint64_t offset = 0;            // absolute file offset of the data
     uint64_t nbytes = 0;
     int64_t n_elements() const { return ne[0] * ne[1] * ne[2] * ne[3]; }

@@ -29,10 +29,11 @@ namespace {
 constexpr unsigned kAllTypes = (1u << 0) | (1u << 1) | (1u << 2) | (1u << 8) | (1u << 30);
 constexpr unsigned kF32 = 1u << 0;
 constexpr unsigned kEmbdTypes = (1u << 0) | (1u << 1) | (1u << 8) | (1u << 30);
+constexpr unsigned kLutTypes = kAllTypes | (1u << 11) | (1u << 20);   // + Q3_K, IQ4_NL: row-wise LUT types
 
 std::string type_list(unsigned mask) {
     std::string s;
-    for (uint32_t t : {0u, 1u, 30u, 8u, 2u})
+    for (uint32_t t : {0u, 1u, 30u, 8u, 2u, 20u, 11u})
         if (mask & (1u << t)) {
             if (!s.empty()) s += "/";
             s += type_name(static_cast<Type>(t));
@@ -209,7 +210,7 @@ Status bind_tensors(Model &m) {
     if (Status s = b.bind(names::TENSOR_OUTPUT_NORM, d, 0, kF32, &m.output_norm)) return s;
     if (Status s = b.bind(names::TENSOR_OUTPUT, d, V, kAllTypes, &m.output)) return s;
     if (N > 0) {
-        if (Status s = b.bind(names::TENSOR_LUT, L * N * d, V, kAllTypes, &m.lut)) return s;
+        if (Status s = b.bind(names::TENSOR_LUT, L * N * d, V, kLutTypes, &m.lut)) return s;
         for (const GgufTensor &t : m.gguf.tensors())
             if (t.name != names::TENSOR_LUT && t.offset > m.lut.offset)
                 return set_error(MOLE_STATUS_FORMAT_ERROR,

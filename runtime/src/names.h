@@ -35,6 +35,10 @@ inline constexpr const char *KEY_BOS_ID = "tokenizer.ggml.bos_token_id";
 inline constexpr const char *KEY_EOS_ID = "tokenizer.ggml.eos_token_id";
 inline constexpr const char *KEY_PAD_ID = "tokenizer.ggml.padding_token_id";
 inline constexpr const char *KEY_CHAT_TEMPLATE = "tokenizer.chat_template";
+// The converter's quality gate of a LUT below 8 bits (informational: the runtime only shows them).
+inline constexpr const char *KEY_LUT_KL_VS_Q8_0 = "mole.lut.kl_vs_q8_0";
+inline constexpr const char *KEY_LUT_PPL_RATIO_VS_Q8_0 = "mole.lut.ppl_ratio_vs_q8_0";
+inline constexpr const char *KEY_LUT_CALIBRATION = "mole.lut.calibration";
 
 // GGUF tensor names (ggml order, ne0 first).
 inline constexpr const char *TENSOR_TOKEN_EMBD = "token_embd.weight";         // [d, V]

@@ -28,6 +28,14 @@ bool type_traits(uint32_t type, int64_t *block_elems, int64_t *block_bytes) {
         e = QK;
         b = sizeof(BlockQ4_0);
         break;
+    case uint32_t(Type::IQ4_NL):
+        e = QK;
+        b = sizeof(BlockIQ4_NL);
+        break;
+    case uint32_t(Type::Q3_K):
+        e = QK_K;
+        b = sizeof(BlockQ3_K);
+        break;
     default: return false;
     }
     if (block_elems) *block_elems = e;
@@ -48,6 +56,8 @@ const char *type_name(Type type) {
     case Type::BF16: return "bf16";
     case Type::Q8_0: return "q8_0";
     case Type::Q4_0: return "q4_0";
+    case Type::IQ4_NL: return "iq4_nl";
+    case Type::Q3_K: return "q3_k";
     }
     return "unknown";
 }
@@ -89,6 +99,29 @@ void dequantize_row_ref(Type type, const void *src, float *dst, int64_t n) {
             for (int i = 0; i < QK / 2; ++i) {
                 dst[j * QK + i] = float(int(b[j].qs[i] & 0x0f) - 8) * d;
                 dst[j * QK + i + QK / 2] = float(int(b[j].qs[i] >> 4) - 8) * d;
+            }
+        }
+        break;
+    }
+    case Type::IQ4_NL: {
+        const BlockIQ4_NL *b = static_cast<const BlockIQ4_NL *>(src);
+        for (int64_t j = 0; j < n / QK; ++j) {
+            const float d = f16_to_f32(b[j].d);
+            for (int i = 0; i < QK / 2; ++i) {
+                dst[j * QK + i] = float(kIq4nlValues[b[j].qs[i] & 0x0f]) * d;
+                dst[j * QK + i + QK / 2] = float(kIq4nlValues[b[j].qs[i] >> 4]) * d;
+            }
+        }
+        break;
+    }
+    case Type::Q3_K: {
+        const BlockQ3_K *b = static_cast<const BlockQ3_K *>(src);
+        for (int64_t j = 0; j < n / QK_K; ++j) {
+            const float d = f16_to_f32(b[j].d);
+            for (int k = 0; k < QK_K; ++k) {
+                const int n2 = k / 128, jj = (k % 128) / 32, l = k % 32;
+                const int q = ((b[j].qs[n2 * 32 + l] >> (2 * jj)) & 3) - ((b[j].hmask[l] >> (4 * n2 + jj)) & 1 ? 0 : 4);
+                dst[j * QK_K + k] = float(q) * (d * float(q3k_scale(b[j].scales, k / 16)));
             }
         }
         break;

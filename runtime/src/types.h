@@ -9,9 +9,14 @@
 namespace mole {
 
 // ggml type ids (same values as enum mole_type).
-enum class Type : uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8, BF16 = 30 };
+enum class Type : uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8, Q3_K = 11, IQ4_NL = 20, BF16 = 30 };
 
-constexpr int QK = 32;  // elements per Q8_0 / Q4_0 block
+constexpr int QK = 32;        // elements per Q8_0 / Q4_0 / IQ4_NL block
+constexpr int QK_K = 256;     // elements per Q3_K super-block
+constexpr int kMaxBlockElems = QK_K;   // the largest block of any type (scratch sizes)
+
+// IQ4_NL's non-linear codebook (ggml's kvalues_iq4nl): value = d * kIq4nlValues[nibble].
+inline constexpr int8_t kIq4nlValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
 #pragma pack(push, 1)
 struct BlockQ8_0 {
@@ -21,17 +26,40 @@ struct BlockQ8_0 {
 struct BlockQ4_0 {
     uint16_t d;
     uint8_t qs[QK / 2];
-};   // 18 bytes: value = (nibble - 8) * d;
-#pragma pack(pop)                                       // low nibbles = elements 0..15, high 16..31
+};   // 18 bytes: value = (nibble - 8) * d; low nibbles = elements 0..15, high 16..31
+struct BlockIQ4_NL {
+    uint16_t d;
+    uint8_t qs[QK / 2];
+};   // 18 bytes: value = kIq4nlValues[nibble] * d; nibbles as Q4_0
+// Q3_K (ggml's layout): 256 elements in 16 sub-blocks of 16, sub-block s = elements [16s, 16s+16)
+// with a signed 6-bit scale sc_s; element k = n*128 + j*32 + l (n < 2, j < 4, l < 32) is
+//   d * sc_{k/16} * (((qs[n*32 + l] >> 2j) & 3) - (hmask[l] >> (4n + j) & 1 ? 0 : 4)).
+// scales[12]: low 4 bits of sc_s + 32 in scales[s % 8] (s < 8: low nibble, else high nibble),
+// high 2 bits in scales[8 + s % 4] at bit 2 * (s / 4).
+struct BlockQ3_K {
+    uint8_t hmask[QK_K / 8];
+    uint8_t qs[QK_K / 4];
+    uint8_t scales[12];
+    uint16_t d;
+};   // 110 bytes: 3.4375 bits per value
+#pragma pack(pop)
 static_assert(sizeof(BlockQ8_0) == 34, "q8_0 block");
 static_assert(sizeof(BlockQ4_0) == 18, "q4_0 block");
+static_assert(sizeof(BlockIQ4_NL) == 18, "iq4_nl block");
+static_assert(sizeof(BlockQ3_K) == 110, "q3_k block");
+
+// Sub-block s's signed scale (-32..31) of a Q3_K block.
+inline int q3k_scale(const uint8_t *scales, int s) {
+    const int lo = (s < 8 ? scales[s] : scales[s - 8] >> 4) & 15, hi = (scales[8 + s % 4] >> (2 * (s / 4))) & 3;
+    return (lo | (hi << 4)) - 32;
+}
 
 // Elements per block and bytes per block of a type (F32: 1 and 4). False for unknown types.
 bool type_traits(uint32_t type, int64_t *block_elems, int64_t *block_bytes);
 // Bytes of a row of n elements (n must be a multiple of the block size).
 int64_t row_bytes(Type type, int64_t n);
 const char *type_name(Type type);
-bool is_quantized(Type type);   // Q8_0, Q4_0: matmuls take q8-quantized activations
+bool is_quantized(Type type);   // Q8_0, Q4_0: matmuls take q8-quantized activations (LUT-only types: false)
 
 // The whole blocks covering elements [e0, e1) of a row of `type`: bytes [offset, offset + bytes)
 // of the row, the range's first element `skip` elements into them. A LUT row's layer slice is

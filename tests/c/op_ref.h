@@ -53,6 +53,9 @@ struct Rng {
 
 // ---- reference quantizers and decoders (ggml rounding) --------------------------------------
 
+inline constexpr int kIq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+inline double half_to_double(const uint8_t *p);
+
 // Quantizes rows x[rows, k] to the file layout of `t`.
 inline std::vector<uint8_t> ref_quantize(Type t, const float *x, int64_t rows, int64_t k) {
     std::vector<uint8_t> out(size_t(rows * mole::row_bytes(t, k)));
@@ -110,6 +113,57 @@ inline std::vector<uint8_t> ref_quantize(Type t, const float *x, int64_t rows, i
                 i += 32;
                 break;
             }
+            case Type::IQ4_NL: {   // d = (largest-|x| value) / -127, then the nearest codebook entry
+                float amax = 0, mx = 0;
+                for (int j = 0; j < 32; ++j)
+                    if (std::fabs(xr[i + j]) > amax) amax = std::fabs(xr[i + j]), mx = xr[i + j];
+                const float d = mx / -127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+                uint16_t dh = mole::f32_to_f16(d);
+                std::memcpy(p, &dh, 2);
+                auto nearest = [&](float v) {
+                    int best = 0;
+                    for (int c = 1; c < 16; ++c)
+                        if (std::fabs(v - kIq4nl[c]) < std::fabs(v - kIq4nl[best])) best = c;
+                    return uint8_t(best);
+                };
+                for (int j = 0; j < 16; ++j)
+                    p[2 + j] = uint8_t(nearest(xr[i + j] * id) | (nearest(xr[i + 16 + j] * id) << 4));
+                p += 18;
+                i += 32;
+                break;
+            }
+            case Type::Q3_K: {   // sub-block scale = (largest-|x| value) / -4, six bits of the largest
+                uint8_t *blk = p;
+                std::memset(blk, 0, 110);
+                float sub[16], smax = 0;
+                for (int sb = 0; sb < 16; ++sb) {
+                    float amax = 0, mx = 0;
+                    for (int j = 0; j < 16; ++j)
+                        if (std::fabs(xr[i + 16 * sb + j]) > amax)
+                            amax = std::fabs(xr[i + 16 * sb + j]), mx = xr[i + 16 * sb + j];
+                    sub[sb] = mx / -4.0f;
+                    if (std::fabs(sub[sb]) > std::fabs(smax)) smax = sub[sb];
+                }
+                const float iscale = smax != 0 ? -32.0f / smax : 0.0f;
+                uint16_t dh = mole::f32_to_f16(iscale != 0 ? 1.0f / iscale : 0.0f);
+                std::memcpy(blk + 108, &dh, 2);
+                const double dd = half_to_double(blk + 108);
+                for (int sb = 0; sb < 16; ++sb) {
+                    const int l = std::clamp(int(std::lround(iscale * sub[sb])), -32, 31), u = l + 32;
+                    blk[96 + sb % 8] |= uint8_t((u & 15) << (sb < 8 ? 0 : 4));
+                    blk[96 + 8 + sb % 4] |= uint8_t(((u >> 4) & 3) << (2 * (sb / 4)));
+                    const double dl = dd * l;
+                    for (int j = 0; j < 16; ++j) {
+                        const int k = 16 * sb + j, n = k / 128, jj = (k % 128) / 32, e = k % 32;
+                        const int q = dl != 0 ? std::clamp(int(std::lround(xr[i + k] / dl)), -4, 3) : 0, v = q + 4;
+                        blk[32 + n * 32 + e] |= uint8_t((v & 3) << (2 * jj));
+                        blk[e] |= uint8_t((v >> 2) << (4 * n + jj));
+                    }
+                }
+                p += 110;
+                i += 256;
+                break;
+            }
             }
         }
     }
@@ -165,6 +219,29 @@ inline std::vector<double> ref_dequantize(Type t, const uint8_t *p, int64_t k) {
             }
             p += 18;
             i += 32;
+            break;
+        }
+        case Type::IQ4_NL: {
+            const double d = half_to_double(p);
+            for (int j = 0; j < 16; ++j) {
+                v[size_t(i + j)] = d * kIq4nl[p[2 + j] & 15];
+                v[size_t(i + 16 + j)] = d * kIq4nl[p[2 + j] >> 4];
+            }
+            p += 18;
+            i += 32;
+            break;
+        }
+        case Type::Q3_K: {   // hmask [32], qs [64], scales [12], d: ggml's block_q3_K
+            const double d = half_to_double(p + 108);
+            for (int k = 0; k < 256; ++k) {
+                const int sb = k / 16, n = k / 128, jj = (k % 128) / 32, e = k % 32;
+                const int lo = sb < 8 ? p[96 + sb] & 15 : p[96 + sb - 8] >> 4;
+                const int hi = (p[104 + sb % 4] >> (2 * (sb / 4))) & 3;
+                const int low2 = (p[32 + n * 32 + e] >> (2 * jj)) & 3, high = (p[e] >> (4 * n + jj)) & 1;
+                v[size_t(i + k)] = d * ((lo | (hi << 4)) - 32) * (low2 + 4 * high - 4);
+            }
+            p += 110;
+            i += 256;
             break;
         }
         }

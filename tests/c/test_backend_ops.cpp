@@ -761,17 +761,25 @@ std::vector<Case> table() {
         g.n = 33, g.S = 7, g.n_seq = 2, g.tol = 0;
         t.push_back(g);
     }
-    for (Type ty : all)
+    for (Type ty : {Type::F32, Type::F16, Type::BF16, Type::Q8_0, Type::Q4_0, Type::IQ4_NL, Type::Q3_K})
         for (int64_t N : {1, 4, 16})
-            for (int64_t d : {32, 768, 33, 48}) {   // 33, 48: slices that start inside a block
+            for (int64_t d : {32, 768, 33, 48, 256}) {   // 33, 48: slices that start inside a block
                 const int64_t L = d == 48 ? 2 : 3;
-                if (is_quantized(ty) && (L * N * d) % 32) continue;   // the converter writes whole blocks
+                int64_t be = 1;
+                type_traits(uint32_t(ty), &be, nullptr);
+                if ((L * N * d) % be) continue;   // the converter writes whole blocks
                 for (int64_t il : {int64_t(0), L - 1}) {
                     Case c{&kLut, ty};
                     c.N = N, c.k = d, c.L = L, c.il = il, c.S = 9, c.n_seq = 2;
                     t.push_back(c);
                 }
             }
+    for (Type ty : {Type::IQ4_NL, Type::Q3_K})   // Q3_K slices that start inside a super-block
+        for (int64_t d : {32, 64, 96}) {
+            Case c{&kLut, ty};
+            c.N = 4, c.k = d, c.L = 2, c.il = 1, c.S = 5, c.n_seq = 1;   // slice 1 starts at N*d = 128, 256, 384
+            t.push_back(c);
+        }
     return t;
 }
 

@@ -65,6 +65,11 @@ void test_type_traits() {
     check(row_bytes(Type::Q8_0, 768) == 24 * 34 && row_bytes(Type::Q4_0, 64) == 36 && row_bytes(Type::F16, 7) == 14,
           "row_bytes");
     check(std::string(type_name(Type::Q4_0)) == "q4_0" && std::string(type_name(Type::BF16)) == "bf16", "type_name");
+    check(type_traits(20, &e, &b) && e == 32 && b == 18, "iq4_nl traits 32/18");
+    check(type_traits(11, &e, &b) && e == 256 && b == 110, "q3_k traits 256/110");
+    check(row_bytes(Type::IQ4_NL, 768) == 24 * 18 && row_bytes(Type::Q3_K, 768) == 3 * 110, "row_bytes iq4_nl, q3_k");
+    check(std::string(type_name(Type::IQ4_NL)) == "iq4_nl" && std::string(type_name(Type::Q3_K)) == "q3_k",
+          "type_name iq4_nl, q3_k");
 }
 
 void test_block_range() {
@@ -75,6 +80,33 @@ void test_block_range() {
     check(r.offset == 14 && r.bytes == 24 && r.skip == 0, "block_range f16 [7, 19)");
     r = lut_layer_slice(Type::Q4_0, 2, 4, 33);   // elements [264, 396) of a row
     check(r.offset == 8 * 18 && r.bytes == 5 * 18 && r.skip == 8, "lut_layer_slice q4_0 layer 2, N 4, d 33");
+    r = lut_layer_slice(Type::Q3_K, 1, 4, 96);   // elements [384, 768): super-blocks 1..2, 128 into block 1
+    check(r.offset == 110 && r.bytes == 2 * 110 && r.skip == 128, "lut_layer_slice q3_k layer 1, N 4, d 96");
+}
+
+// The reference decoders on hand-made blocks (values worked out from ggml's layouts by hand).
+void test_lut_type_decoders() {
+    BlockIQ4_NL q{};
+    q.d = f32_to_f16(0.5f);
+    q.qs[0] = 0x0f | (0x00 << 4);   // element 0: entry 15 (113), element 16: entry 0 (-127)
+    q.qs[3] = 0x08 | (0x07 << 4);   // element 3: entry 8 (1), element 19: entry 7 (-10)
+    float v[256];
+    dequantize_row_ref(Type::IQ4_NL, &q, v, 32);
+    check(v[0] == 56.5f && v[16] == -63.5f && v[3] == 0.5f && v[19] == -5.0f && v[1] == -63.5f, "iq4_nl decode");
+
+    BlockQ3_K k{};
+    k.d = f32_to_f16(0.25f);
+    for (int s = 0; s < 8; ++s) k.scales[s] = 0x22;   // every sub-block: low nibble 2 -> 6-bit 2 + 16*hi
+    k.scales[8 + 1] = 0x3 << 2;   // sub-block 5: high bits 3 -> 2 + 48 = 50 -> scale 18; others 2 - 32 = -30
+    k.qs[32 + 5] = 0x3 << 6;      // element 128 + 3*32 + 5 = 229 (sub-block 14): low bits 3
+    k.hmask[5] = 1 << 7;          // ... and its high bit set: q = 3
+    k.qs[16 + 2] = 0x2 << 2;      // element 1*32 + 18 = 50 (sub-block 3): low bits 2, high bit 0: q = -2
+    k.hmask[21] = 1 << 2;         // element 2*32 + 21 = 85 (sub-block 5): low bits 0, high bit 1: q = 0
+    dequantize_row_ref(Type::Q3_K, &k, v, 256);
+    check(v[229] == 0.25f * -30 * 3 && v[50] == 0.25f * -30 * -2 && v[85] == 0.0f && v[84] == 0.25f * 18 * -4 &&
+              v[0] == 0.25f * -30 * -4,
+          "q3_k decode");
+    check(q3k_scale(k.scales, 5) == 18 && q3k_scale(k.scales, 13) == -30, "q3k_scale");
 }
 
 }  // namespace
@@ -83,6 +115,7 @@ int main() {
     test_conversions();
     test_type_traits();
     test_block_range();
+    test_lut_type_decoders();
     std::printf("%d passed, %d failed\n", g_pass, g_fail);
     return g_fail == 0 ? 0 : 1;
 }

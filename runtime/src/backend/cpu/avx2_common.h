@@ -1,5 +1,7 @@
-// Shared by the *_avx2.cpp kernels only (compiled with -mavx2 -mfma -mf16c): horizontal sum, the
-// loads of one weight row's elements as floats, and the e^r * 2^k of the exp-based kernels.
+// Shared by the *_avx2.cpp and *_avx512.cpp kernels only (compiled with -mavx2 -mfma -mf16c or
+// more): horizontal sum, the loads of one weight row's elements as floats, the e^r * 2^k of the
+// exp-based kernels, and the SSE decoders of the LUT types' small-integer values (IQ4_NL codebook,
+// Q3_K sub-blocks).
 #pragma once
 
 #include <immintrin.h>
@@ -50,6 +52,20 @@ template <Type T> inline float w_at(const uint8_t *row, int64_t i) {
         return f16_to_f32(reinterpret_cast<const uint16_t *>(row)[i]);
     else
         return bf16_to_f32(reinterpret_cast<const uint16_t *>(row)[i]);
+}
+
+// IQ4_NL's codebook as 16 int8 lanes, for _mm_shuffle_epi8 by nibble.
+inline __m128i iq4nl_book_sse() { return _mm_loadu_si128(reinterpret_cast<const __m128i *>(kIq4nlValues)); }
+
+// Q3_K sub-block sb's 16 values q in -4..3 (int8 lanes; the element order of types.h): the low two
+// bits from qs, the third from hmask. 16-bit shifts are safe: the masks keep bits of each byte only.
+inline __m128i q3k_sub_block_sse(const BlockQ3_K &b, int sb) {
+    const int n = sb / 8, jj = (sb % 8) / 2, half = sb % 2;
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i *>(b.qs + n * 32 + half * 16));
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i *>(b.hmask + half * 16));
+    const __m128i low2 = _mm_and_si128(_mm_srl_epi16(q, _mm_cvtsi32_si128(2 * jj)), _mm_set1_epi8(3));
+    const __m128i bit = _mm_and_si128(_mm_srl_epi16(h, _mm_cvtsi32_si128(4 * n + jj)), _mm_set1_epi8(1));
+    return _mm_sub_epi8(_mm_add_epi8(low2, _mm_slli_epi16(bit, 2)), _mm_set1_epi8(4));
 }
 
 }  // namespace mole::cpu

@@ -176,7 +176,7 @@ public:
     void lut_mix(int32_t, const LutRow *rows, Type type, const BlockRange &slice, const float *gate, int64_t N,
                  int64_t d, float *x) override {
         const StepPlan &p = *plan_;
-        const int64_t S = p.n_rows, stride = N * d + 2 * QK;   // one layer's slice, dequantized, + 2 blocks
+        const int64_t S = p.n_rows, stride = N * d + 2 * kMaxBlockElems;   // a slice + 2 blocks
         if (mix_tmp_.size() < size_t(pool_.size() * stride)) mix_tmp_.resize(size_t(pool_.size() * stride));
         auto run = [&](int64_t r, int thread) {
             const LutRow &row = rows[p.uniq_slot[r]];
@@ -212,7 +212,7 @@ private:
     uint64_t slot_bytes_ = 0;
     int32_t populated_ = 0;            // slots [0, populated_) have their pages
     std::vector<uint8_t> embd_raw_;    // one embedding row as read from the file
-    std::vector<float> mix_tmp_;       // [threads, N*d + 64] one layer's slice per thread
+    std::vector<float> mix_tmp_;       // [threads, N*d + 512] one layer's slice per thread
 };
 
 Status probe(int32_t) { return MOLE_STATUS_OK; }

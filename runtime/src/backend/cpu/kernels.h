@@ -52,6 +52,9 @@ void dequantize_row_avx2(Type type, const void *src, float *dst, int64_t n);
 
 // lut_mix over N*d Q8_0 values (d a multiple of 32): out[i] += sum_j (g[j] d_jb) q_ji, one FMA each.
 void lut_mix_q8_0_avx512(const float *g, const BlockQ8_0 *blocks, int64_t N, int64_t d, float *out);
+// The same over IQ4_NL values (d a multiple of 32) and Q3_K values (d a multiple of 256).
+void lut_mix_iq4_nl_avx512(const float *g, const BlockIQ4_NL *blocks, int64_t N, int64_t d, float *out);
+void lut_mix_q3_k_avx512(const float *g, const BlockQ3_K *blocks, int64_t N, int64_t d, float *out);
 
 // gelu (erf form) in place with AVX-512 / AVX2; relative error ~1e-7 of the exact value for
 // every x (the same branch-free erfc, 16 or 8 lanes at a time).

@@ -143,6 +143,8 @@ void matmul_tile_avx2(const MatmulArgs &a, int64_t r0, int64_t r1, int64_t s0, i
     case Type::BF16: run<Type::BF16>(a, r0, r1, s0, s1); break;
     case Type::Q8_0: run<Type::Q8_0>(a, r0, r1, s0, s1); break;
     case Type::Q4_0: run<Type::Q4_0>(a, r0, r1, s0, s1); break;
+    case Type::IQ4_NL:
+    case Type::Q3_K: break;   // LUT-only types: never a matrix (model.cpp)
     }
 }
 

@@ -14,7 +14,7 @@ namespace mole::cpu {
 
 void dequantize_row(Type type, const void *src, float *dst, int64_t n) {
     const bool simd = type == Type::F32 || type == Type::F16 || type == Type::BF16 || type == Type::Q8_0 ||
-        type == Type::Q4_0;   // a type without a SIMD decoder uses the reference one
+        type == Type::Q4_0 || type == Type::IQ4_NL || type == Type::Q3_K;   // others: the reference decoder
     if (simd && active_isa() != Isa::Portable) return dequantize_row_avx2(type, src, dst, n);
     dequantize_row_ref(type, src, dst, n);
 }
@@ -80,6 +80,8 @@ void matmul_tile_portable(const MatmulArgs &a, int64_t r0, int64_t r1, int64_t s
                 }
                 break;
             }
+            case Type::IQ4_NL:
+            case Type::Q3_K: break;   // LUT-only types: never a matrix (model.cpp)
             }
             a.Y[s * a.n + r] = acc;
         }
@@ -285,8 +287,14 @@ void lut_mix(const float *g, const float *rows, int64_t N, int64_t d, float *out
 
 void lut_mix_raw(Type type, const float *g, const uint8_t *src, int64_t skip, int64_t N, int64_t d, float *scratch,
                  float *out) {
-    if (type == Type::Q8_0 && skip == 0 && d % QK == 0 && active_isa() == Isa::Avx512)
-        return lut_mix_q8_0_avx512(g, reinterpret_cast<const BlockQ8_0 *>(src), N, d, out);
+    if (skip == 0 && active_isa() == Isa::Avx512) {   // fused where each expert is whole blocks
+        if (type == Type::Q8_0 && d % QK == 0)
+            return lut_mix_q8_0_avx512(g, reinterpret_cast<const BlockQ8_0 *>(src), N, d, out);
+        if (type == Type::IQ4_NL && d % QK == 0)
+            return lut_mix_iq4_nl_avx512(g, reinterpret_cast<const BlockIQ4_NL *>(src), N, d, out);
+        if (type == Type::Q3_K && d % QK_K == 0)
+            return lut_mix_q3_k_avx512(g, reinterpret_cast<const BlockQ3_K *>(src), N, d, out);
+    }
     int64_t be = 1;
     type_traits(uint32_t(type), &be, nullptr);
     dequantize_row(type, src, scratch, (skip + N * d + be - 1) / be * be);

@@ -13,7 +13,9 @@ namespace mole::cuda {
 constexpr int kWarp = 32;
 constexpr int kQK = 32;            // elements per Q8_0 / Q4_0 block
 constexpr int kQ8Bytes = 34;       // f16 scale + 32 int8
-constexpr int kQ4Bytes = 18;       // f16 scale + 16 bytes of nibbles
+constexpr int kQ4Bytes = 18;       // f16 scale + 16 bytes of nibbles (Q4_0, IQ4_NL)
+constexpr int kQK_K = 256;         // elements per Q3_K super-block
+constexpr int kQ3KBytes = 110;     // hmask [32], qs [64], scales [12], f16 scale (types.h)
 constexpr unsigned kFull = 0xffffffffu;
 
 MOLE_DEV float f16_bits(uint16_t h) { return __half2float(__ushort_as_half(h)); }
@@ -36,6 +38,12 @@ MOLE_DEV float warp_max(float v) {
     return v;
 }
 
+// IQ4_NL codebook entry i (kIq4nlValues), from two 64-bit immediates: no table in memory.
+MOLE_DEV int iq4nl_value(int i) {
+    const unsigned long long lo = 0xF6EADDCFBFAD9881ull, hi = 0x7159453526190D01ull;
+    return int(int8_t(uint8_t(((i < 8 ? lo : hi) >> (8 * (i & 7))) & 0xff)));
+}
+
 // Element e of a row of `type` (any type this runtime stores), decoded exactly.
 MOLE_DEV float load_element(Type type, const uint8_t *row, int64_t e) {
     switch (type) {
@@ -51,6 +59,20 @@ MOLE_DEV float load_element(Type type, const uint8_t *row, int64_t e) {
         const int j = int(e % kQK);
         const int nib = j < 16 ? (blk[2 + j] & 0x0f) : (blk[2 + j - 16] >> 4);
         return float(nib - 8) * f16_bits(load_u16(blk));
+    }
+    case Type::IQ4_NL: {
+        const uint8_t *blk = row + (e / kQK) * kQ4Bytes;
+        const int j = int(e % kQK);
+        const int nib = j < 16 ? (blk[2 + j] & 0x0f) : (blk[2 + j - 16] >> 4);
+        return float(iq4nl_value(nib)) * f16_bits(load_u16(blk));
+    }
+    case Type::Q3_K: {   // element k = n*128 + jj*32 + l of its super-block (types.h)
+        const uint8_t *blk = row + (e / kQK_K) * kQ3KBytes;
+        const int k = int(e % kQK_K), n = k / 128, jj = (k % 128) / 32, l = k % 32, s = k / 16;
+        const int q = ((blk[32 + n * 32 + l] >> (2 * jj)) & 3) - ((blk[l] >> (4 * n + jj)) & 1 ? 0 : 4);
+        const uint8_t *sc = blk + 96;
+        const int lo = (s < 8 ? sc[s] : sc[s - 8] >> 4) & 15, hi = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
+        return float(q) * (f16_bits(load_u16(blk + 108)) * float((lo | (hi << 4)) - 32));
     }
     }
     return 0.0f;

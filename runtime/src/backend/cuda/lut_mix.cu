@@ -1,6 +1,6 @@
 // The LUT mix: x [r] += sum_j gate [r, j] LUT[id_r][layer][j], read straight from the row's file
-// bytes (F32, F16, BF16, Q8_0, Q4_0) in a slot or the step's staging, decoded inside the mix: no
-// row is expanded to f32 in memory. One thread per output element, experts in order (as the CPU).
+// bytes (F32, F16, BF16, Q8_0, Q4_0, IQ4_NL, Q3_K) in a slot or the step's staging, decoded inside
+// the mix: no row is expanded to f32 in memory. One thread per output element, experts in order (as the CPU).
 #include "backend/cuda/ops.cuh"
 
 namespace mole::cuda {

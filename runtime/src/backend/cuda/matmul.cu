@@ -200,6 +200,8 @@ void mv(Type type, const uint8_t *W, int64_t n, int64_t k, const float *X, const
     case Type::F32: MOLE_LAUNCH((mv_float_kernel<NC, Type::F32>), grid, block, 0, st, W, n, k, X, Y); break;
     case Type::F16: MOLE_LAUNCH((mv_float_kernel<NC, Type::F16>), grid, block, 0, st, W, n, k, X, Y); break;
     case Type::BF16: MOLE_LAUNCH((mv_float_kernel<NC, Type::BF16>), grid, block, 0, st, W, n, k, X, Y); break;
+    case Type::IQ4_NL:
+    case Type::Q3_K: break;   // LUT-only types: model.cpp never binds a matrix to them
     }
 }
 
@@ -230,6 +232,8 @@ void matmul(Type type, const uint8_t *W, int64_t n, int64_t k, const float *X, c
     case Type::F32: MOLE_LAUNCH(mm_float_kernel<Type::F32>, grid, kThreads, 0, st, W, n, k, X, S, Y); break;
     case Type::F16: MOLE_LAUNCH(mm_float_kernel<Type::F16>, grid, kThreads, 0, st, W, n, k, X, S, Y); break;
     case Type::BF16: MOLE_LAUNCH(mm_float_kernel<Type::BF16>, grid, kThreads, 0, st, W, n, k, X, S, Y); break;
+    case Type::IQ4_NL:
+    case Type::Q3_K: break;   // LUT-only types
     }
 }
 
