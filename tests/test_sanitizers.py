@@ -67,7 +67,8 @@ def test_fuzz_corpus_under_asan_ubsan(asan, target):
 
 
 def test_python_subset_under_asan(asan, model_factory):
-    """The runtime, API and parity tests through the ASan+UBSan library, preloaded into Python."""
+    """The runtime, API and parity tests, the malformed-file corpus and the bad-input tests through the ASan+UBSan
+    library, preloaded into Python."""
     libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
     if not libasan or not Path(libasan).exists():
         pytest.skip("libasan.so not found")
@@ -76,7 +77,8 @@ def test_python_subset_under_asan(asan, model_factory):
     env = {"LD_PRELOAD": libasan, "MOLE_LIB": str(asan / "libmole.so"), "PYTHONPATH": os.pathsep.join(path),
            "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0:verify_asan_link_order=0"}
     run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_runtime.py",
-         "tests/test_api.py", "tests/test_tokenizer.py", "-k", "not neox and not NeoX"], env)
+         "tests/test_api.py", "tests/test_tokenizer.py", "tests/test_malformed.py", "tests/test_bad_input.py",
+         "-k", "not neox and not NeoX"], env)
 
 
 @pytest.mark.parametrize("name", ["test_lut_pipeline", "test_concurrency"])

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Fuzzing sessions: libFuzzer under clang-14 (from Debian: installed here when missing) with
 # AddressSanitizer and UndefinedBehaviorSanitizer, every target seeded from its corpus
-# tests/fuzz_corpus/<target>/. An input that crashes is copied into that folder as a regression
+# tests/fuzz_corpus/<target>/ (gguf and model also from the malformed-file corpus, tests/malformed.py,
+# written into build-fuzz/malformed). An input that crashes is copied into that folder as a regression
 # input (tests/test_fuzz.py replays the folder in CI); libFuzzer's new coverage stays in
-# build-fuzz/corpus-<target> (not committed). The last lines of each log give executions and
-# coverage (docs/reliability.md).
+# build-fuzz/corpus-<target> (not committed). For each target it prints libFuzzer's final line
+# (executions, cov: edges, ft: features, corpus size) and its final stats (docs/reliability.md).
 #   tools/fuzz.sh [SECONDS] [TARGET...]      (default 600 s; targets: gguf model tokenizer detokenizer)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,19 +23,30 @@ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOLE_CUDA=
   "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined" > build-fuzz/build.log 2>&1 || { tail -20 build-fuzz/build.log; exit 1; }
 for t in $TARGETS; do targets+=" fuzz_$t"; done
 cmake --build build-fuzz -j "$(nproc)" --target $targets >> build-fuzz/build.log 2>&1 || { tail -30 build-fuzz/build.log; exit 1; }
+if [[ " $TARGETS " == *" gguf "* || " $TARGETS " == *" model "* ]]; then
+  python3 tests/malformed.py build-fuzz/malformed > /dev/null || echo "fuzz.sh: no malformed-file seeds (tests/malformed.py failed)"
+fi
 status=0
 for t in $TARGETS; do
   seeds=tests/fuzz_corpus/$t
   work=build-fuzz/corpus-$t
   crashes=build-fuzz/crashes-$t
+  rm -rf "$crashes"   # a finding of an earlier session is already in $seeds: report only this run's
   mkdir -p "$work" "$crashes"
-  echo "=== fuzz_$t: ${SECONDS_EACH} s, seeded from $seeds ($(ls "$seeds" | wc -l) inputs)"
-  ASAN_OPTIONS=detect_leaks=0 build-fuzz/fuzz_$t "$work" "$seeds" -max_total_time="$SECONDS_EACH" \
-    -max_len=65536 -rss_limit_mb=4096 -timeout=20 -artifact_prefix="$crashes/" -print_final_stats=1 \
+  extra=() max_len=65536
+  if [[ $t == gguf || $t == model ]]; then
+    max_len=262144   # the valid seed models are 100-190 KB: a smaller limit would cut them short
+    [ -d build-fuzz/malformed ] && extra=(build-fuzz/malformed)
+  fi
+  echo "=== fuzz_$t: ${SECONDS_EACH} s, seeded from $seeds ($(ls "$seeds" | wc -l) inputs)${extra:+ and ${extra[0]} ($(ls "${extra[0]}" | wc -l))}"
+  ASAN_OPTIONS=detect_leaks=0 build-fuzz/fuzz_$t "$work" "$seeds" "${extra[@]}" -max_total_time="$SECONDS_EACH" \
+    -max_len="$max_len" -rss_limit_mb=4096 -timeout=20 -artifact_prefix="$crashes/" -print_final_stats=1 \
     > "build-fuzz/fuzz_$t.log" 2>&1
   rc=$?
-  grep -E "^#[0-9]+ +(DONE|pulse|NEW)" "build-fuzz/fuzz_$t.log" | tail -1
-  grep -E "stat::number_of_executed_units|stat::peak_rss_mb" "build-fuzz/fuzz_$t.log"
+  # The final "#N DONE cov: ... ft: ..." line (indented by libFuzzer), else the last progress line.
+  grep -E "^ *#[0-9]+[[:space:]]+DONE" "build-fuzz/fuzz_$t.log" | sed 's/^ *//' | tail -1 |
+    grep . || grep -E "^#[0-9]+[[:space:]]+(pulse|NEW|REDUCE)" "build-fuzz/fuzz_$t.log" | tail -1
+  grep -E "stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)" "build-fuzz/fuzz_$t.log"
   for f in "$crashes"/*; do
     [ -e "$f" ] || continue
     cp "$f" "$seeds/regression-$(basename "$f")"

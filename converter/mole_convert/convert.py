@@ -2,6 +2,7 @@
 written to DST.tmp-<pid> and renamed over DST only when complete. `mole convert` is main_convert()."""
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import pathlib
@@ -128,6 +129,14 @@ def convert(src_dir, dst_path, lut_type: str = "q8_0", weight_type: str = "f16",
     try:
         write_gguf(tmp, ckpt, plan, tok, lut, name=ckpt.directory.resolve().name, progress=progress, gate=gate)
         os.replace(tmp, dst)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        need = sum(t.nbytes for t in plan.tensors) + (lut.nbytes if lut is not None else 0)
+        kept = f"{dst} is unchanged" if dst.exists() else f"nothing was written to {dst}"
+        raise OSError(e.errno, f"no space left on device writing {tmp.name} (the file needs about "
+                               f"{need / 2**20:.1f} MiB); {kept}") from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

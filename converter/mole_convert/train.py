@@ -1,20 +1,25 @@
 """Train a byte-level BPE tokenizer and a small MoLE (or dense) model on plain text files, on CPU.
 `python -m mole_convert.train --data FILE... --out DIR [--preset tiny|small|demo]`; the output directory is an
-HF-layout checkpoint (`mole convert` takes it) plus train_state.pt (resume) and train_log.json (results)."""
+HF-layout checkpoint (`mole convert` takes it) plus train_state.pt (resume) and train_log.json (results). Every
+file is written to a temporary name and renamed into place: a full disk, Ctrl-C or SIGTERM leaves the last saved
+checkpoint whole, and --resume continues from it."""
 from __future__ import annotations
 
+import errno
+import io
 import json
 import math
-import os
 import pathlib
+import signal
 import sys
+import threading
 import time
 
 import torch
 import torch.nn.functional as F
 
 from .args import MODEL_KEYS, PRESETS, parse_train_args as parse_args  # noqa: F401  (PRESETS: tests)
-from .checkpoint import save_checkpoint
+from .checkpoint import _atomic_write, save_checkpoint
 from .config import MoleConfig
 from .model import MoleForCausalLM
 from .tokenizer_train import ENDOFTEXT, train_bpe_tokenizer
@@ -151,8 +156,37 @@ def say(args, msg: str) -> None:
         print(msg, flush=True)
 
 
+def _no_space(e: BaseException) -> bool:
+    """A full disk, as Python reports it or as safetensors' writer does (SafetensorError with Rust's io::Error
+    text)."""
+    return (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or \
+        f"(os error {errno.ENOSPC})" in str(e)
+
+
+def _sigterm(signum, frame):
+    raise SystemExit(128 + signum)   # unwinds like Ctrl-C: the temporary files are removed
+
+
 def main(argv=None) -> int:
+    """Runs training; returns 0, or 130 on Ctrl-C. SIGTERM exits with 143 (SystemExit). Either way, and on a
+    full disk (OSError), the files of the last save are left whole."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    in_main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _sigterm) if in_main else None
+    try:
+        return _train(args, argv)
+    except KeyboardInterrupt:
+        state = args.out / "train_state.pt"
+        kept = (f"{state} holds the last saved step; continue with --resume" if state.is_file()
+                else "no checkpoint was saved yet")
+        print(f"interrupted; {kept}", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _train(args, argv) -> int:
     torch.set_num_threads(max(1, args.threads))
     t_start = time.time()
     state_path = args.out / "train_state.pt"
@@ -208,17 +242,30 @@ def main(argv=None) -> int:
               f"{args.steps} steps of {args.batch_size}x{args.seq_len} tokens, {args.precision}, "
               f"{torch.get_num_threads()} threads")
 
+    saved = [step if state is not None else None]   # the step train_state.pt holds
+
     def save():
-        save_checkpoint(model, config, args.out, tokenizer_json=tok.to_str(), chat_template=CHAT_TEMPLATE)
-        tmp = state_path.with_suffix(".pt.tmp")
+        # The checkpoint, then the state --resume reads; each replaces its file only once written whole.
+        # The state is serialized in memory first so that a full disk is an OSError, not torch's RuntimeError.
+        buf = io.BytesIO()
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": gen.get_state(),
                     "torch_rng": torch.get_rng_state(), "step": step, "history": history,
                     "elapsed_s": prior_elapsed + time.time() - t_start,
                     "args": {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()
                              if k not in ("data", "eval_file")} | {
                         "data": [str(p) for p in args.data],
-                        "eval_file": [str(f) for f in args.eval_file] if args.eval_file else None}}, tmp)
-        os.replace(tmp, state_path)
+                        "eval_file": [str(f) for f in args.eval_file] if args.eval_file else None}}, buf)
+        try:
+            save_checkpoint(model, config, args.out, tokenizer_json=tok.to_str(), chat_template=CHAT_TEMPLATE)
+            _atomic_write(state_path, lambda p: p.write_bytes(buf.getbuffer()))
+        except Exception as e:
+            if not _no_space(e):
+                raise
+            kept = (f"{state_path.name} still holds step {saved[0]} (--resume continues from it)"
+                    if saved[0] is not None else "no earlier checkpoint was saved")
+            raise OSError(errno.ENOSPC, f"no space left on device saving the checkpoint of step {step} in "
+                                        f"{args.out}; {kept}") from e
+        saved[0] = step
 
     if step == 0:
         ev = evaluate(model, held, args)
@@ -275,7 +322,7 @@ def main(argv=None) -> int:
            "parameters": n_params, "config": config.to_hf_dict(), "preset": args.preset,
            "command": "python -m mole_convert.train " + " ".join(sys.argv[1:] if argv is None else argv),
            "evals": history["eval"], "train_loss": [h["loss"] for h in history["train"]]}
-    (args.out / "train_log.json").write_text(json.dumps(log, indent=2) + "\n")
+    _atomic_write(args.out / "train_log.json", lambda p: p.write_text(json.dumps(log, indent=2) + "\n"))
     print(f"done: {step} steps, eval loss {final['loss']:.4f}, {final['bpb']:.3f} bits/byte, "
           f"{wall / 60:.1f} min; checkpoint in {args.out}", flush=True)
     return 0

@@ -62,20 +62,27 @@ def render_chat(messages, template: str | None, model) -> tuple[str, list[str]]:
         return tokens[i] if isinstance(i, int) and 0 <= i < len(tokens) else ""
 
     specials = dict(bos_token=tok(G.KEY_BOS_ID), eos_token=tok(G.KEY_EOS_ID))
+    where = f"the chat template ({G.KEY_CHAT_TEMPLATE})" if template else "the default chat template"
     try:
         tpl = _compile(template or DEFAULT_TEMPLATE)
+    except jinja2.TemplateSyntaxError as e:
+        raise errors.FormatError(f"{where} does not parse: line {e.lineno}: {e.message}") from None
+    except jinja2.TemplateError as e:   # e.g. an unknown filter, found when compiling
+        raise errors.FormatError(f"{where} does not compile: {e}") from None
+    try:
         text = tpl.render(messages=msgs, add_generation_prompt=True, **specials)
         # A base model does not know where its turn ends: also stop where the template would start
         # the next user turn ("User:" for a transcript template).
         probe = tpl.render(messages=[{"role": "user", "content": "\x00"}], add_generation_prompt=False, **specials)
-    except jinja2.TemplateError as e:
-        raise errors.FormatError(f"chat template failed to render: {e}") from None
+    except errors.MoleError:
+        raise   # the template's raise_exception(): a complaint about the messages
+    except Exception as e:   # noqa: BLE001 -- a template may fail in any way (TypeError, RecursionError, ...)
+        raise errors.FormatError(f"{where} failed to render: {type(e).__name__}: {e}") from None
     user_prefix = probe.split("\x00")[0].strip() if "\x00" in probe else ""
     stops = ["\n" + user_prefix] if user_prefix else []
     if not template:
         stops += [s for s in DEFAULT_STOPS if s not in stops]
     return text, stops
-
 
 
 def prompt_tokens(messages, model) -> int:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import time
 import uuid
@@ -15,6 +17,7 @@ from . import gguf_names as G
 from .chat import render_chat
 from .stops import StopMatcher
 
+_INT32_MAX = 2**31 - 1
 _DEVICES = {"cpu": "MOLE_DEVICE_CPU", "cuda": "MOLE_DEVICE_CUDA"}   # device= -> the header's enum mole_device name
 
 
@@ -37,7 +40,10 @@ class Model:
         for name, v in (("n_ctx", n_ctx), ("n_threads", n_threads), ("n_batch", n_batch), ("n_seq_max", n_seq_max)):
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise errors.InvalidArgumentError(f"{name} must be a positive integer or None, got {v!r}")
-        if lut_cache_mb is not None and (not isinstance(lut_cache_mb, int) or lut_cache_mb < 0):
+            if v is not None and v > _INT32_MAX:   # the C field is an int32_t: say so, not cffi's OverflowError
+                raise errors.InvalidArgumentError(f"{name} = {v} is more than libmole's limit of {_INT32_MAX}")
+        if lut_cache_mb is not None and (not isinstance(lut_cache_mb, int) or isinstance(lut_cache_mb, bool)
+                                         or not 0 <= lut_cache_mb < 2**63):
             raise errors.InvalidArgumentError(f"lut_cache_mb must be >= 0 or None, got {lut_cache_mb!r}")
         if device not in _DEVICES:
             raise errors.InvalidArgumentError(f"device must be one of {sorted(_DEVICES)}, got {device!r}")
@@ -157,11 +163,27 @@ class Model:
         return bool(self._lib.mole_token_is_eog(self._live_model(), int(token)))
 
     def _check_ids(self, ids) -> np.ndarray:
-        arr = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
+        """ids as int32 [n]; InvalidArgumentError for anything but integers in [0, n_vocab) (a float, a bool or a
+        string is not silently made a token id; an int too big for int64 is just out of range)."""
+        try:
+            arr = np.asarray(ids).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise errors.InvalidArgumentError(f"token ids must be a sequence of integers: {e}") from None
+        if arr.dtype == object:   # Python ints past int64, or a mix of types
+            bad = next((t for t in arr.tolist() if isinstance(t, bool) or not isinstance(t, numbers.Integral)), None)
+            if bad is not None:
+                raise errors.InvalidArgumentError(f"token ids must be integers, got {bad!r}")
+            out = [t for t in arr.tolist() if not 0 <= t < self.n_vocab]
+            if out:
+                raise errors.InvalidArgumentError(f"token id {out[0]} out of range [0, {self.n_vocab})")
+            arr = arr.astype(np.int64)
+        elif arr.size and arr.dtype.kind not in "iu":
+            raise errors.InvalidArgumentError(f"token ids must be integers, got {arr.dtype} values such as "
+                                              f"{arr[0]!r}")
         if arr.size and (arr.min() < 0 or arr.max() >= self.n_vocab):
             bad = int(arr[(arr < 0) | (arr >= self.n_vocab)][0])
             raise errors.InvalidArgumentError(f"token id {bad} out of range [0, {self.n_vocab})")
-        return arr.astype(np.int32)
+        return np.ascontiguousarray(arr, dtype=np.int32)
 
     # ---- evaluation ------------------------------------------------------------------------
 
@@ -277,7 +299,7 @@ class Model:
         it = self._generate_iter(prompt, max_tokens, temperature, top_k, top_p, seed, stop, min_p,
                                  repeat_penalty, repeat_last_n, add_bos, ignore_eos)
         if stream:
-            return (piece for piece, _ in it)
+            return (piece for piece, _ in it if piece)
         return "".join(piece for piece, _ in it)
 
     def generate_batch(self, prompts, max_tokens: int = 128, temperature: float | None = None,
@@ -316,12 +338,18 @@ class Model:
         ffi, lib = self._L.ffi, self._lib
         for name, v, hi in (("temperature", temperature, None), ("top_p", top_p, 1), ("min_p", min_p, 1),
                             ("repeat_penalty", repeat_penalty, None)):
-            if v is not None and (not isinstance(v, (int, float)) or v < 0 or v != v or (hi and v > hi)):
-                raise errors.InvalidArgumentError(f"{name} must be a number >= 0{f' and <= {hi}' if hi else ''}, "
-                                                  f"got {v!r}")
+            if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v)
+                                  or v < 0 or (hi and v > hi)):
+                raise errors.InvalidArgumentError(f"{name} must be a finite number >= 0"
+                                                  f"{f' and <= {hi}' if hi else ''}, got {v!r}")
         for name, v in (("top_k", top_k), ("repeat_last_n", repeat_last_n)):
-            if v is not None and (not isinstance(v, int) or v < 0):
+            if v is not None and (not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 0):
                 raise errors.InvalidArgumentError(f"{name} must be an integer >= 0, got {v!r}")
+        # Past int32 both mean "every token": the same as the largest value the C field holds.
+        top_k = None if top_k is None else min(int(top_k), _INT32_MAX)
+        repeat_last_n = None if repeat_last_n is None else min(int(repeat_last_n), _INT32_MAX)
+        if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool)):
+            raise errors.InvalidArgumentError(f"seed must be an integer or None, got {seed!r}")
         p = ffi.new("struct mole_sampler_params *")
         lib.mole_sampler_default_params(p)
         for name, v in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("min_p", min_p),
@@ -337,7 +365,7 @@ class Model:
                        repeat_penalty, repeat_last_n, add_bos, ignore_eos=False) -> Iterator[tuple[str, str | None]]:
         """Yields (text piece, None) and finally ("", finish_reason) where finish_reason is
         "stop" (EOS or a stop string) or "length"."""
-        if not isinstance(max_tokens, int) or max_tokens < 0:
+        if not isinstance(max_tokens, numbers.Integral) or isinstance(max_tokens, bool) or max_tokens < 0:
             raise errors.InvalidArgumentError(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
         ids = self._check_ids(self.tokenize(prompt, add_bos=add_bos) if isinstance(prompt, str) else prompt)
         if ids.size == 0:

@@ -13,6 +13,11 @@
  *     threads. Contexts and decoders keep their model alive: mole_model_free may come first.
  *   - A mole_context (and a mole_sampler, a mole_decoder) must be used by one thread at a
  *     time; mole_context_cancel() is the exception and may be called from any thread.
+ * Files
+ *   - A loaded model maps its file. Replace a model file by renaming a new one over it: the
+ *     loaded model keeps the old file. A file rewritten or cut short in place after the load is
+ *     refused with MOLE_STATUS_IO_ERROR by the calls that read it (mole_decode, the metadata);
+ *     one cut short while a call reads it can fault the process (SIGBUS), as any mapping does.
  *
  * This header is parsed by the Python binding (cffi): keep declarations plain C, one per line
  * group, enum values explicit, and no macros inside declarations.
@@ -198,7 +203,8 @@ MOLE_API enum mole_status mole_context_get_params(const struct mole_context *ctx
  * in order. Logits (n_vocab floats each) are written for each entry with want_logits[i] != 0, in
  * entry order (want_logits NULL: every entry); capacity counts floats. Batches longer than n_batch
  * are split. LUT rows shared by several entries are fetched once. On MOLE_STATUS_CONTEXT_FULL
- * nothing is changed. */
+ * nothing is changed. MOLE_STATUS_IO_ERROR: the model file changed since the load (checked
+ * before and after the step; a change found after it takes the call's tokens back). */
 MOLE_API enum mole_status mole_decode(struct mole_context *ctx, int32_t n_tokens, const int32_t *tokens,
                                       const int32_t *seq_ids, const int8_t *want_logits, float *logits,
                                       size_t capacity);

@@ -188,6 +188,7 @@ MOLE_API enum mole_status mole_model_metadata_json(const struct mole_model *mode
     MOLE_REQUIRE(n_out);
     if (!buf && capacity > 0)
         return set_error(MOLE_STATUS_INVALID_ARGUMENT, "%s: buf is NULL with capacity %zu", __func__, capacity);
+    if (Status s = model->impl->file->check_unchanged()) return s;   // the values are read from the mapping
     return write_bytes(__func__, mole::metadata_json(model->impl->gguf), buf, capacity, n_out);
     MOLE_GUARD_END
 }
@@ -200,6 +201,7 @@ MOLE_API enum mole_status mole_model_metadata_string(const struct mole_model *mo
     MOLE_REQUIRE(n_out);
     if (!buf && capacity > 0)
         return set_error(MOLE_STATUS_INVALID_ARGUMENT, "%s: buf is NULL with capacity %zu", __func__, capacity);
+    if (Status s = model->impl->file->check_unchanged()) return s;
     const mole::GgufValue *v = model->impl->gguf.find(key);
     if (!v) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "metadata key '%s' is not in the model", key);
     if (v->type != mole::GgufType::STRING)
@@ -378,6 +380,7 @@ MOLE_API enum mole_status mole_context_new(const struct mole_model *model, const
     cp.n_threads = p.n_threads;
     cp.n_batch = p.n_batch;
     cp.lut_cache_mb = p.lut_cache_mb;
+    if (Status s = model->impl->file->check_unchanged()) return s;
     auto c = std::make_unique<mole_context>();
     c->model = model->impl;
     c->impl = std::make_unique<mole::Context>();

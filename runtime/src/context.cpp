@@ -15,6 +15,27 @@ double now_ms() {
     using namespace std::chrono;
     return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
 }
+
+// More threads than this is a mistake, not a machine: each is a stack and a place in the pool.
+constexpr int32_t kMaxThreads = 1024;
+
+// The KV cache must fit the machine before it is allocated: on the CPU, whose allocations succeed
+// lazily (overcommit) and would only fail, fatally, once the cache fills up, it must fit in the
+// physical memory; everywhere its size must fit in 64 bits (alloc_kv_cache multiplies in uint64).
+Status check_kv_cache(const Model &m, const ContextParams &p, bool n_ctx_defaulted) {
+    const int64_t kv_dim = int64_t(m.hp.n_head_kv) * m.hp.head_dim;
+    const double bytes = 2.0 * p.n_seq_max * m.hp.n_layer * double(p.n_ctx) * double(kv_dim) * sizeof(float);
+    const uint64_t ram = m.backend->device == MOLE_DEVICE_CPU ? physical_memory_bytes() : 0;
+    const double limit = ram ? double(ram) : 9.2e18;
+    if (bytes <= limit) return MOLE_STATUS_OK;
+    return set_error(MOLE_STATUS_OUT_OF_MEMORY,
+                     "n_ctx = %d%s: the KV cache would take %s (K and V, %d sequence(s) x %d layers x %d positions x "
+                     "%lld floats), more than %s%s; ask for a smaller n_ctx%s",
+                     p.n_ctx, n_ctx_defaulted ? " (0: the model's context_length)" : "",
+                     human_bytes(bytes < 1.8e19 ? uint64_t(bytes) : UINT64_MAX).c_str(), p.n_seq_max, m.hp.n_layer,
+                     p.n_ctx, static_cast<long long>(kv_dim), ram ? "this machine's " : "64-bit sizes",
+                     ram ? (human_bytes(ram) + " of memory").c_str() : "", p.n_seq_max > 1 ? " or n_seq_max" : "");
+}
 }  // namespace
 
 Status Context::init(const Model &m, const ContextParams &p_in) {
@@ -27,6 +48,9 @@ Status Context::init(const Model &m, const ContextParams &p_in) {
     if (p.n_seq_max < 1) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "n_seq_max must be >= 1, got %d", p.n_seq_max);
     if (p.n_threads < 0)
         return set_error(MOLE_STATUS_INVALID_ARGUMENT, "n_threads must be >= 0 (0: one per core), got %d", p.n_threads);
+    if (p.n_threads > kMaxThreads)
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "n_threads = %d is more than the limit of %d", p.n_threads,
+                         kMaxThreads);
     if (p.n_threads == 0) p.n_threads = physical_core_count();
     if (p.n_batch < 1) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "n_batch must be >= 1, got %d", p.n_batch);
     if (p.lut_cache_mb < -1)
@@ -34,6 +58,7 @@ Status Context::init(const Model &m, const ContextParams &p_in) {
                          p.lut_cache_mb);
     if (p.lut_cache_mb > (int64_t(1) << 30))
         return set_error(MOLE_STATUS_INVALID_ARGUMENT, "lut_cache_mb %" PRId64 " is too large", p.lut_cache_mb);
+    if (Status s = check_kv_cache(m, p, p_in.n_ctx == 0)) return s;
     params = p;
     BackendParams bp;
     bp.n_threads = p.n_threads;
@@ -59,6 +84,9 @@ Status Context::decode(int32_t n_tokens, const int32_t *tokens, const int32_t *s
     if (n_tokens < 0) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "n_tokens must be >= 0, got %d", n_tokens);
     if (n_tokens == 0) return MOLE_STATUS_OK;
     if (!tokens) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "tokens is NULL");
+    // The weights are read from the mapping: a file cut short since the load would fault, one
+    // rewritten would give a wrong answer. Checked before and after the call (docs/reliability.md).
+    if (Status s = model->file->check_unchanged()) return s;
     std::fill(chunk_count.begin(), chunk_count.end(), 0);
     size_t n_want = 0;
     for (int32_t i = 0; i < n_tokens; ++i) {
@@ -107,6 +135,13 @@ Status Context::decode(int32_t n_tokens, const int32_t *tokens, const int32_t *s
     stats.t_eval_ms += now_ms() - t0;
     stats.t_lut_ms += times.lut_ms;
     cancel.store(false);
+    if (status == MOLE_STATUS_OK) {
+        // Changed during the call: the logits may hold bytes of the new file. Take the call's
+        // tokens back (every chunk was committed) and say so rather than answer.
+        status = model->file->check_unchanged();
+        if (status != MOLE_STATUS_OK)
+            for (int32_t sq = 0; sq < params.n_seq_max; ++sq) seq_len[sq] -= chunk_count[sq];
+    }
     return status;
 }
 

@@ -113,7 +113,7 @@ struct Reader {
         if (len > left())
             return set_error(MOLE_STATUS_FORMAT_ERROR,
                              "%s: %s at offset %" PRIu64 " claims %" PRIu64 " bytes but only %" PRIu64
-                             " remain in the file",
+                             " remain in the file (truncated file or corrupt length)",
                              what.c_str(), item, pos - 8, len, left());
         *out = std::string_view(reinterpret_cast<const char *>(data + pos), static_cast<size_t>(len));
         pos += len;
@@ -160,7 +160,7 @@ Status read_value(Reader &r, GgufType t, const std::string &key, int depth, Gguf
     if (v->count > r.left() / min_elem)
         return set_error(MOLE_STATUS_FORMAT_ERROR,
                          "%s: key '%s': array of %" PRIu64 " %s elements does not fit in the %" PRIu64
-                         " bytes left in the file",
+                         " bytes left in the file (truncated file or corrupt count)",
                          r.what.c_str(), key.c_str(), v->count, gguf_type_name(v->elem_type), r.left());
     if (v->elem_type == GgufType::STRING) {
         v->strings.resize(static_cast<size_t>(v->count));
@@ -264,15 +264,13 @@ Status Gguf::parse(const uint8_t *data, uint64_t size, const std::string &what) 
     uint64_t n_tensors, n_kv;
     if (Status s = r.u64(&n_tensors, "tensor count")) return s;
     if (Status s = r.u64(&n_kv, "metadata count")) return s;
-    // A key/value takes at least 13 bytes (8 key length + 4 type + 1 value), a tensor info 32.
-    if (n_kv > r.left() / 13)
+    // A key/value takes at least 14 bytes (8 key length + 1 key byte + 4 type + 1 value); the
+    // tensor count is checked the same way once the metadata is read.
+    if (n_kv > r.left() / 14)
         return set_error(MOLE_STATUS_FORMAT_ERROR,
-                         "%s: header claims %" PRIu64 " metadata entries, more than the %" PRIu64 "-byte file can hold",
+                         "%s: header claims %" PRIu64 " metadata entries, more than the %" PRIu64
+                         "-byte file can hold (truncated file or corrupt count)",
                          w.c_str(), n_kv, size);
-    if (n_tensors > r.left() / 32)
-        return set_error(MOLE_STATUS_FORMAT_ERROR,
-                         "%s: header claims %" PRIu64 " tensors, more than the %" PRIu64 "-byte file can hold",
-                         w.c_str(), n_tensors, size);
 
     kv_.reserve(static_cast<size_t>(n_kv));
     for (uint64_t i = 0; i < n_kv; ++i) {
@@ -308,6 +306,13 @@ Status Gguf::parse(const uint8_t *data, uint64_t size, const std::string &what) 
         alignment_ = a->u64;
     }
 
+    // A tensor info takes at least 33 bytes (8 name length + 1 name byte + 4 n_dims + 8 ne[0] +
+    // 4 type + 8 offset).
+    if (n_tensors > r.left() / 33)
+        return set_error(MOLE_STATUS_FORMAT_ERROR,
+                         "%s: header claims %" PRIu64 " tensors, more than the %" PRIu64
+                         " bytes after the metadata can hold (truncated file or corrupt count)",
+                         w.c_str(), n_tensors, r.left());
     tensors_.reserve(static_cast<size_t>(n_tensors));
     for (uint64_t i = 0; i < n_tensors; ++i) {
         GgufTensor t;
@@ -383,9 +388,9 @@ Status Gguf::parse(const uint8_t *data, uint64_t size, const std::string &what) 
             uint64_t end_rel = rel > UINT64_MAX - t.nbytes ? UINT64_MAX : rel + t.nbytes;
             uint64_t past = end_rel == UINT64_MAX ? UINT64_MAX : end_rel - data_size;
             return set_error(MOLE_STATUS_FORMAT_ERROR,
-                             "%s: tensor '%s': %s of data past end of file (%" PRIu64
-                             " bytes for shape %s at data "
-                             "offset %" PRIu64 ", file offset %" PRIu64 "; file size %" PRIu64 ")",
+                             "%s: tensor '%s': %s of data past end of file (truncated file, or a corrupt "
+                             "offset or shape: %" PRIu64 " bytes for shape %s at data offset %" PRIu64
+                             ", file offset %" PRIu64 "; file size %" PRIu64 ")",
                              w.c_str(), t.name.c_str(), human_bytes(past).c_str(), t.nbytes, t.shape_string().c_str(),
                              rel, data_offset_ + std::min(rel, UINT64_MAX - data_offset_), size);
         }

@@ -27,6 +27,17 @@
 
 namespace mole {
 
+namespace {
+// A stat's modification time in nanoseconds.
+int64_t mtime_ns(const struct stat &st) {
+#if defined(__APPLE__)
+    return int64_t(st.st_mtimespec.tv_sec) * 1000000000 + st.st_mtimespec.tv_nsec;
+#else
+    return int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+#endif
+}
+}  // namespace
+
 uint64_t page_size() {
     static const uint64_t size = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
     return size;
@@ -104,6 +115,7 @@ Status MappedFile::open(const std::string &path, std::unique_ptr<MappedFile> *ou
     f->path_ = path;
     f->data_ = static_cast<const uint8_t *>(p);
     f->size_ = static_cast<uint64_t>(st.st_size);
+    f->mtime_ns_ = mtime_ns(st);
     f->fd_ = fd;
     *out = std::move(f);
     return MOLE_STATUS_OK;
@@ -179,6 +191,33 @@ bool MappedFile::all_resident(uint64_t offset, uint64_t len) const {
     return true;
 #else
     return false;
+#endif
+}
+
+Status MappedFile::check_unchanged() const {
+    struct stat st;
+    if (fstat(fd_, &st) != 0)
+        return set_error(MOLE_STATUS_IO_ERROR, "%s: cannot stat the loaded file: %s", path_.c_str(),
+                         std::strerror(errno));
+    const uint64_t size = static_cast<uint64_t>(st.st_size);
+    if (size < size_)
+        return set_error(MOLE_STATUS_IO_ERROR,
+                         "%s: the file was truncated after it was loaded (%llu bytes, was %llu); load it again",
+                         path_.c_str(), static_cast<unsigned long long>(size), static_cast<unsigned long long>(size_));
+    if (size != size_ || mtime_ns(st) != mtime_ns_)
+        return set_error(MOLE_STATUS_IO_ERROR,
+                         "%s: the file was modified after it was loaded (%s); load it again, or replace model files "
+                         "by renaming a new file over them",
+                         path_.c_str(), size != size_ ? "its size changed" : "its modification time changed");
+    return MOLE_STATUS_OK;
+}
+
+uint64_t physical_memory_bytes() {
+#if defined(_SC_PHYS_PAGES)
+    const long pages = sysconf(_SC_PHYS_PAGES);
+    return pages > 0 ? static_cast<uint64_t>(pages) * page_size() : 0;
+#else
+    return 0;
 #endif
 }
 

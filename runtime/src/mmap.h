@@ -35,12 +35,19 @@ public:
     // Whether every page of the range is in memory now (false if the platform cannot tell).
     // Allocation-free, for the decode loop.
     bool all_resident(uint64_t offset, uint64_t len) const;
+    // OK while the file has the size and modification time it had when it was mapped; else
+    // MOLE_STATUS_IO_ERROR naming what changed. A file cut short under the mapping faults
+    // (SIGBUS) where the pages are gone and one rewritten in place gives other bytes, so callers
+    // check this before they read weights or metadata. One fstat; a file replaced by a rename is
+    // not a change (the mapping keeps the old file).
+    Status check_unchanged() const;
 
 private:
     MappedFile() = default;
     std::string path_;
     const uint8_t *data_ = nullptr;
     uint64_t size_ = 0;
+    int64_t mtime_ns_ = 0;   // when it was mapped
     int fd_ = -1;
 };
 
@@ -71,5 +78,7 @@ private:
 uint64_t page_size();
 // Physical CPU cores (falls back to logical ones), at least 1.
 int physical_core_count();
+// Bytes of physical memory of the machine (0 if the platform cannot tell).
+uint64_t physical_memory_bytes();
 
 }  // namespace mole

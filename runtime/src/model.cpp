@@ -237,6 +237,9 @@ Status bind_tensors(Model &m) {
 // Builds the tokenizer from tokenizer.ggml.* when the file has a vocabulary.
 Status load_tokenizer(Model &m) {
     const std::string &path = m.file->path();
+    std::string_view chat_template;   // rendered by the bindings (Jinja); here only its type is checked
+    bool found_template = false;
+    if (Status s = m.gguf.get_string(names::KEY_CHAT_TEMPLATE, &chat_template, &found_template)) return s;
     const GgufValue *tokens = m.gguf.find(names::KEY_TOKENS);
     if (!tokens) return MOLE_STATUS_OK;
     std::string_view model_name = "gpt2", pre = "default";
@@ -285,7 +288,11 @@ Status load_tokenizer(Model &m) {
     data.bos = m.hp.bos_id;
     data.eos = m.hp.eos_id;
     data.pad = m.hp.pad_id;
-    return Tokenizer::create(std::move(data), &m.tokenizer);
+    if (Status s = Tokenizer::create(std::move(data), &m.tokenizer)) {
+        const std::string why = last_error();   // names the token or merge; the path says which file
+        return set_error(s, "%s: %s", path.c_str(), why.c_str());
+    }
+    return MOLE_STATUS_OK;
 }
 
 // Dequantizes every row of every tensor and rejects NaN/Inf.

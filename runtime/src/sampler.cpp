@@ -33,7 +33,9 @@ uint64_t Rng::next() {
 }
 
 Status Sampler::create(const mole_sampler_params &p, std::unique_ptr<Sampler> *out) {
-    if (std::isnan(p.temperature)) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: temperature is NaN");
+    if (!std::isfinite(p.temperature))   // +inf would weigh a -inf logit by inf * 0 = NaN
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: temperature = %g is not a finite number",
+                         (double)p.temperature);
     if (p.top_k < 0)
         return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: top_k = %d is negative (0 turns it off)", p.top_k);
     if (!(p.top_p >= 0.0f && p.top_p <= 1.0f))
@@ -49,8 +51,9 @@ Status Sampler::create(const mole_sampler_params &p, std::unique_ptr<Sampler> *o
     if (p.repeat_last_n < 0)
         return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: repeat_last_n = %d is negative", p.repeat_last_n);
     out->reset(new Sampler(p));
-    (*out)->history_.reserve((size_t)p.repeat_last_n);
-    (*out)->recent_.reserve((size_t)p.repeat_last_n);
+    // The history grows as tokens come (a huge repeat_last_n must not reserve gigabytes up front).
+    (*out)->history_.reserve((size_t)std::min(p.repeat_last_n, 4096));
+    (*out)->recent_.reserve((size_t)std::min(p.repeat_last_n, 4096));
     return MOLE_STATUS_OK;
 }
 

@@ -5,6 +5,8 @@
 // the backend interface in test_backend_ops.cpp.
 // Exit code 0 = all passed; the last line is "N passed, M failed".
 #include <atomic>
+#include <cfloat>
+#include <cmath>
 #include <cstdlib>
 #include <thread>
 
@@ -88,6 +90,30 @@ void test_quantize_act() {
         }
         check(ok, fmt("q8 activation quantization bit-exact vs reference [%s]", isa_name(isa)));
         check(q[1] == 4 && q[2] == -3 && q[0] == 127, fmt("q8 ties round half away from zero [%s]", isa_name(isa)));
+    }
+    // Blocks holding Inf, -Inf or NaN (a model whose activations overflow) give d = NaN, q = 0,
+    // sum = 0 on every path (NaN to int8 is undefined; an INT_MIN sum overflowed -128 * sum in the
+    // VNNI matmul: fuzz_model found it); a block of subnormal scale gives q = 0. The last block is
+    // ordinary.
+    const int64_t kb = 5 * 32;
+    std::vector<float> y(size_t(kb), 0.5f);
+    y[3] = INFINITY;
+    y[32 + 31] = -INFINITY;
+    y[64 + 16] = NAN;
+    for (int j = 96; j < 128; ++j) y[size_t(j)] = (j % 2 ? 1e-38f : -3e-39f);
+    for (Isa isa : isas()) {
+        set_isa(isa);
+        std::vector<int8_t> q(size_t(kb), 99);
+        std::vector<float> d(5, 1.0f);
+        std::vector<int32_t> sum(5, 99);
+        quantize_rows_q8(y.data(), 1, kb, Q8Rows{q.data(), d.data(), sum.data(), kb});
+        bool ok = true;
+        for (int b = 0; b < 4; ++b) {
+            for (int j = 0; j < 32; ++j) ok &= q[size_t(b * 32 + j)] == 0;
+            ok &= sum[size_t(b)] == 0 && (b < 3 ? std::isnan(d[size_t(b)]) : d[size_t(b)] < FLT_MIN);
+        }
+        ok &= q[128] == 127 && sum[4] == 32 * 127 && d[4] == 0.5f / 127.0f;
+        check(ok, fmt("q8 blocks with Inf / NaN or a subnormal scale [%s]", isa_name(isa)));
     }
 }
 

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <functional>
 #include <new>
+#include <system_error>
 #include <vector>
 
 #include "backend/backend.h"
@@ -231,7 +232,12 @@ Status load_weights(const Weight *const *ws, int32_t n, const MappedFile *file, 
 }
 
 Status create(const WeightStore &weights, const BackendParams &params, std::unique_ptr<Backend> *out) {
-    *out = std::make_unique<CpuBackend>(static_cast<const CpuWeights &>(weights), std::max(1, params.n_threads));
+    try {
+        *out = std::make_unique<CpuBackend>(static_cast<const CpuWeights &>(weights), std::max(1, params.n_threads));
+    } catch (const std::system_error &e) {
+        return set_error(MOLE_STATUS_OUT_OF_MEMORY, "cannot start n_threads = %d worker threads: %s", params.n_threads,
+                         e.what());
+    }
     return MOLE_STATUS_OK;
 }
 

@@ -2,7 +2,9 @@
 // per-ISA matmul tile / vector helpers (defined in ops.cpp, matmul_avx2.cpp, matmul_avx512.cpp).
 #pragma once
 
+#include <cfloat>
 #include <cstdint>
+#include <limits>
 
 #include "backend/cpu/ops.h"
 #include "backend/cpu/quant.h"
@@ -42,7 +44,17 @@ void matmul_tile_portable(const MatmulArgs &a, int64_t r0, int64_t r1, int64_t s
 void matmul_tile_avx2(const MatmulArgs &a, int64_t r0, int64_t r1, int64_t s0, int64_t s1);
 void matmul_tile_avx512(const MatmulArgs &a, int64_t r0, int64_t r1, int64_t s0, int64_t s1);
 
-// Quantizes rows [s0, s1) of X[., k] into out; all three give bit-identical results.
+// Quantizes rows [s0, s1) of X[., k] into out; all three give bit-identical results. Blocks the
+// reference quantizer cannot take get the same answer on every path: one holding an Inf or a NaN
+// is d = NaN, q = 0, sum = 0 (its products are NaN, as the float ones would be; converting NaN to
+// an integer is undefined, and its sum made -128 * sum overflow); one whose scale amax / 127 is
+// below FLT_MIN (subnormal, where 1 / d may overflow) is q = 0.
+inline void q8_block_not_finite(const Q8Rows &out, int64_t s, int64_t b) {
+    for (int i = 0; i < QK; ++i) out.q[s * out.k + b * QK + i] = 0;
+    out.d[s * (out.k / QK) + b] = std::numeric_limits<float>::quiet_NaN();
+    out.sum[s * (out.k / QK) + b] = 0;
+}
+inline float q8_inverse_scale(float d) { return d >= FLT_MIN ? 1.0f / d : 0.0f; }
 void quantize_rows_q8_portable(const float *X, int64_t s0, int64_t s1, const Q8Rows &out);
 void quantize_rows_q8_avx2(const float *X, int64_t s0, int64_t s1, const Q8Rows &out);
 void quantize_rows_q8_avx512(const float *X, int64_t s0, int64_t s1, const Q8Rows &out);

@@ -157,16 +157,22 @@ void quantize_rows_q8_avx2(const float *X, int64_t s0, int64_t s1, const Q8Rows 
         for (int64_t b = 0; b < nb; ++b) {
             const float *x = X + s * k + b * QK;
             __m256 v[4];
-            __m256 mx = _mm256_setzero_ps();
+            __m256 mx = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
             for (int h = 0; h < 4; ++h) {
                 v[h] = _mm256_loadu_ps(x + 8 * h);
-                mx = _mm256_max_ps(mx, _mm256_and_ps(v[h], absmask));
+                const __m256 a = _mm256_and_ps(v[h], absmask);
+                mx = _mm256_max_ps(mx, a);
+                bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, _mm256_set1_ps(INFINITY), _CMP_NLT_UQ));   // Inf, NaN
+            }
+            if (_mm256_movemask_ps(bad)) {
+                q8_block_not_finite(out, s, b);
+                continue;
             }
             __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
             m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
             m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
             const float amax = _mm_cvtss_f32(m4);
-            const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+            const float d = amax / 127.0f, id = q8_inverse_scale(d);
             const __m256 idv = _mm256_set1_ps(id);
             __m256i qi[4];
             for (int h = 0; h < 4; ++h) {

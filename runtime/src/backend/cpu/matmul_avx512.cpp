@@ -2,6 +2,8 @@
 // Float types: 16-wide FMA over R W rows x C X rows. Q8_0/Q4_0: VNNI vpdpbusd, two blocks per
 // 512-bit register, weights as the unsigned operand (q8: w + 128, q4: the raw nibble), the offset
 // removed exactly in integers with the block's activation sum: sum (u - o) x = sum u x - o sum x.
+#include <cmath>
+
 #include "backend/cpu/avx512_common.h"
 #include "backend/cpu/kernels.h"
 
@@ -238,14 +240,18 @@ void quantize_rows_q8_avx512(const float *X, int64_t s0, int64_t s1, const Q8Row
     const int64_t k = out.k, nb = k / QK;
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     const __m512 signmask = _mm512_castsi512_ps(_mm512_set1_epi32(int(0x80000000u)));
-    const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f);
+    const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f), inf = _mm512_set1_ps(INFINITY);
     for (int64_t s = s0; s < s1; ++s) {
         for (int64_t b = 0; b < nb; ++b) {
             const float *x = X + s * k + b * QK;
             const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
-            const float amax =
-                _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(v0, absmask), _mm512_and_ps(v1, absmask)));
-            const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+            const __m512 a0 = _mm512_and_ps(v0, absmask), a1 = _mm512_and_ps(v1, absmask);
+            if (_mm512_cmp_ps_mask(a0, inf, _CMP_NLT_UQ) | _mm512_cmp_ps_mask(a1, inf, _CMP_NLT_UQ)) {   // Inf, NaN
+                q8_block_not_finite(out, s, b);
+                continue;
+            }
+            const float amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+            const float d = amax / 127.0f, id = q8_inverse_scale(d);
             const __m512 idv = _mm512_set1_ps(id);
             __m512i qi[2];
             const __m512 vs[2] = {v0, v1};

@@ -13,8 +13,16 @@ void quantize_rows_q8_portable(const float *X, int64_t s0, int64_t s1, const Q8R
         for (int64_t b = 0; b < nb; ++b) {
             const float *xb = x + b * QK;
             float amax = 0.0f;
-            for (int i = 0; i < QK; ++i) amax = std::fmax(amax, std::fabs(xb[i]));
-            const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+            bool finite = true;
+            for (int i = 0; i < QK; ++i) {
+                finite &= std::isfinite(xb[i]);
+                amax = std::fmax(amax, std::fabs(xb[i]));
+            }
+            if (!finite) {
+                q8_block_not_finite(out, s, b);
+                continue;
+            }
+            const float d = amax / 127.0f, id = q8_inverse_scale(d);
             int8_t *q = out.q + s * k + b * QK;
             int32_t sum = 0;
             for (int i = 0; i < QK; ++i) {

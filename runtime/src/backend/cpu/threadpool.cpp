@@ -94,11 +94,18 @@ struct ThreadPool::Impl {
 };
 
 ThreadPool::ThreadPool(int n_threads) : impl_(new Impl), n_threads_(n_threads < 1 ? 1 : n_threads) {
-    impl_->workers.reserve(size_t(n_threads_ - 1));
-    for (int i = 1; i < n_threads_; ++i) impl_->workers.emplace_back([this, i] { impl_->worker(i); });
+    try {
+        impl_->workers.reserve(size_t(n_threads_ - 1));
+        for (int i = 1; i < n_threads_; ++i) impl_->workers.emplace_back([this, i] { impl_->worker(i); });
+    } catch (...) {   // the system refused a thread (std::system_error) or the vector: stop those started
+        shutdown();
+        throw;
+    }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { shutdown(); }
+
+void ThreadPool::shutdown() {
     {
         std::lock_guard<std::mutex> lk(impl_->m);
         impl_->stop.store(true);

@@ -9,7 +9,8 @@ namespace mole::cpu {
 
 class ThreadPool {
 public:
-    // n_threads counts the calling thread: n_threads = 1 runs everything on the caller.
+    // n_threads counts the calling thread: n_threads = 1 runs everything on the caller. Throws
+    // std::system_error when the system refuses a thread (those already started are joined).
     explicit ThreadPool(int n_threads);
     ~ThreadPool();
     ThreadPool(const ThreadPool &) = delete;
@@ -22,6 +23,7 @@ public:
     void parallel_for(int64_t n_tasks, const std::function<void(int64_t task, int thread)> &fn);
 
 private:
+    void shutdown();   // stops and joins the workers, frees impl_
     struct Impl;
     Impl *impl_;
     int n_threads_;
