@@ -1,6 +1,10 @@
-"""Scale-out (issue 15): the LUT computed on a device and quantized there: the torch quantizer is byte-identical
-to the numpy one, the device path gives the same LUT, the VRAM budget bounds the plan. GPU checks run when
-torch sees CUDA and skip otherwise."""
+"""Scale-out (issue 15): the LUT computed on a device and quantized there, sharded conversion under torchrun
+with 2 gloo ranks (byte-identical to one process; a failure on any rank leaves no output and names the
+rank; no two ranks write into one block). GPU checks run when torch sees CUDA and skip otherwise."""
+import json
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -8,13 +12,38 @@ import pytest
 import torch
 
 from mole_convert.checkpoint import load_checkpoint
+from mole_convert.convert import convert, main_convert
 from mole_convert.errors import ConvertError
-from mole_convert.quantize import quantize, quantize_torch
+from mole_convert.quantize import quantize, quantize_torch, row_bytes
 from mole_convert.reparam import LutStream, plan_lut
+from mole_convert.sharded import share
 from mole_convert.testing import make_random_checkpoint, tiny_config
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(REPO, "tests", "dist_worker.py")
 CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device visible to torch")
 LUT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
+
+
+def torchrun(*args, nproc=2, timeout=240):
+    """torchrun --standalone with nproc ranks on this machine, one thread each (as torchrun sets it)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([os.path.join(REPO, "python"), os.path.join(REPO, "converter")]))
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc-per-node={nproc}", *map(str, args)],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def worker(scenario, out, spec, nproc=2, timeout=240):
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{scenario}.json"
+    path.write_text(json.dumps({"out": str(out), **spec}))
+    return torchrun(WORKER, scenario, path, nproc=nproc, timeout=timeout)
+
+
+def results(out, name):
+    return [json.loads((out / f"{name}.rank{r}.json").read_text()) for r in range(2)]
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +140,144 @@ def test_gpu_out_of_memory_names_the_budget(ckpts):
     with pytest.raises(ConvertError, match=r"cuda:0 ran out of memory .* 64 tokens per chunk .* --memory-mb"):
         with lut._out_of_memory():
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore text")
+
+
+@pytest.mark.skipif(CUDA, reason="checks the message of a machine without CUDA")
+def test_cuda_without_a_gpu_says_why(ckpts, tmp_path, capsys):
+    with pytest.raises(ConvertError, match="--device cuda: this torch .* without CUDA|no CUDA device"):
+        convert(ckpts.training, tmp_path / "x.gguf", device="cuda", progress=False)
+    assert main_convert([str(ckpts.training), str(tmp_path / "x.gguf"), "--device", "cuda", "-q"]) == 1
+    assert "--device cuda" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="device 'tpu'"):
+        convert(ckpts.training, tmp_path / "x.gguf", device="tpu", progress=False)
+    assert not list(tmp_path.iterdir())
+
+
+@needs_cuda
+def test_gpu_lut_matches_cpu_and_comes_back_quantized(ckpts, tmp_path):
+    cpu = convert(ckpts.training, tmp_path / "cpu.gguf", "f32", "f32", chunk_tokens=100, progress=False)
+    gpu = convert(ckpts.training, tmp_path / "gpu.gguf", "f32", "f32", chunk_tokens=100, progress=False,
+                  device="cuda")
+    import gguf
+    rows = {}
+    for name, path in (("cpu", cpu), ("gpu", gpu)):
+        t = next(t for t in gguf.GGUFReader(path).tensors if t.name == "lut.weight")
+        rows[name] = np.asarray(t.data).reshape(ckpts.cfg.vocab_size, -1).copy()
+    err = np.abs(rows["gpu"] - rows["cpu"]).max(axis=1) / np.abs(rows["cpu"]).max(axis=1)
+    assert err.max() <= 1e-5      # fp32 on both (TF32 off): a few ulps apart
+    q = convert(ckpts.training, tmp_path / "q.gguf", "q8_0", "f32", chunk_tokens=100, progress=False, device="cuda")
+    t = next(t for t in gguf.GGUFReader(q).tensors if t.name == "lut.weight")
+    assert np.array_equal(np.asarray(t.data).view(np.uint8).reshape(ckpts.cfg.vocab_size, -1),
+                          quantize(rows["gpu"], "q8_0"))
+
+
+# ---- sharded conversion under torchrun ---------------------------------------------------------------------
+
+def test_shares_cover_every_chunk_once():
+    for n in (0, 1, 5, 7, 64):
+        for size in (1, 2, 3, 8):
+            got = [i for r in range(size) for i in share(n, r, size)]
+            assert got == list(range(n))
+            lens = [len(share(n, r, size)) for r in range(size)]
+            assert max(lens) - min(lens) <= 1
+
+
+def test_sharded_cli_is_byte_identical(ckpts, tmp_path):
+    one = convert(ckpts.training, tmp_path / "one.gguf", lut_type="q8_0", chunk_tokens=80, progress=False)
+    two = tmp_path / "two.gguf"
+    r = torchrun("-m", "mole_convert.convert", ckpts.training, two, "--lut-type", "q8_0", "--chunk-tokens", "80")
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "2 ranks" in r.stderr and r.stderr.count("mole convert: wrote") == 1     # rank 0 speaks
+    assert two.read_bytes() == one.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.gguf", "two.gguf"]
+
+
+def _blocks(writes, block):
+    return {b for off, n in writes for b in range(off // block, (off + n - 1) // block + 1)}
+
+
+def test_sharded_forms_are_byte_identical_and_ranks_share_no_block(ckpts, tmp_path):
+    block = 4096
+    cases = [dict(name="training-f32", src=ckpts.training, lut_type="f32", chunk=80, block=block),
+             dict(name="reparam-q4_0", src=ckpts.reparam, lut_type="q4_0", chunk=50, block=block),
+             dict(name="dense", src=ckpts.dense, lut_type="q8_0", chunk=None),
+             dict(name="training-bf16-one-block", src=ckpts.training, lut_type="bf16", chunk=64)]
+    for c in cases:
+        c["src"], c["dst"] = str(c["src"]), str(tmp_path / f"{c['name']}.gguf")
+    r = worker("convert", tmp_path / "logs", {"cases": cases})
+    assert r.returncode == 0, r.stderr[-4000:]
+    for c in cases:
+        one = convert(c["src"], tmp_path / "one.gguf", c["lut_type"], "f32", chunk_tokens=c["chunk"], progress=False)
+        assert (tmp_path / f"{c['name']}.gguf").read_bytes() == one.read_bytes(), c["name"]
+        r0, r1 = results(tmp_path / "logs", c["name"])
+        assert r0["ok"] and r1["ok"]
+        if c["name"] == "dense":
+            assert r0["writes"] == r1["writes"] == []
+            continue
+        b = c.get("block", 1 << 20)
+        assert not _blocks(r0["writes"], b) & _blocks(r1["writes"], b), c["name"]   # no block written by both
+        w1 = sorted(r1["writes"])     # rank 1 writes one run of whole blocks: its share less the partial ends
+        assert all(o + n == o2 for (o, n), (o2, _) in zip(w1, w1[1:], strict=False)), c["name"]
+        assert not w1 or (w1[0][0] % b == 0 and sum(w1[-1]) % b == 0), c["name"]
+        if b == block:
+            V, cfg = ckpts.cfg.vocab_size, ckpts.cfg
+            n_chunks = -(-V // c["chunk"])
+            own = (V - share(n_chunks, 1, 2).start * c["chunk"]) * row_bytes(
+                c["lut_type"], cfg.num_hidden_layers * cfg.num_experts * cfg.hidden_size)
+            assert sum(n for _, n in w1) >= own - 2 * block > 0, c["name"]   # all but the partial ends, itself
+        else:
+            assert r1["writes"] == []    # a 1 MiB block holds the whole LUT: rank 0 writes rank 1's rows
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_a_failure_on_any_rank_leaves_no_output(ckpts, tmp_path):
+    cases = [dict(name="lut-rank1", rank=1, where="lut", want="writing the LUT failed on rank 1 of 2: "
+                  "RuntimeError: injected failure in the LUT"),
+             dict(name="lut-rank0", rank=0, where="lut", want="writing the LUT failed on rank 0 of 2: "
+                  "RuntimeError: injected failure in the LUT"),
+             dict(name="checkpoint-rank1", rank=1, where="checkpoint",
+                  want="reading the checkpoint failed on rank 1 of 2: injected: no checkpoint at"),
+             dict(name="not-shared-rank1", rank=1, where="open",
+                  want="opening the output file failed on rank 1 of 2: ", also="which rank 0 created, is not there: "
+                  "the output must be on a filesystem every rank shares, at the same path"),
+             dict(name="fsync-rank1", rank=1, where="fsync",
+                  want="flushing the LUT failed on rank 1 of 2: [Errno 5] injected write-back error"),
+             dict(name="afterwards", rank=-1, where="none")]
+    for c in cases:
+        d = tmp_path / c["name"]
+        d.mkdir()
+        (d / "model.gguf").write_bytes(b"previous file")
+        c.update(src=str(ckpts.training), dst=str(d / "model.gguf"), lut_type="q8_0", chunk=64, block=4096)
+    r = worker("failures", tmp_path / "logs", {"cases": cases})
+    assert r.returncode == 0, r.stderr[-4000:]
+    for c in cases[:-1]:
+        for res in results(tmp_path / "logs", c["name"]):       # every rank raised the same error
+            assert not res["ok"] and res["ranks"] == [c["rank"]], (c["name"], res)
+            assert c["want"] in res["error"] and c.get("also", "") in res["error"], (c["name"], res["error"])
+        d = tmp_path / c["name"]
+        assert [p.name for p in d.iterdir()] == ["model.gguf"], c["name"]     # no temp file left
+        assert (d / "model.gguf").read_bytes() == b"previous file", c["name"]
+    # rank 1 failed in its 2nd of 4 chunks: rank 0 stopped at its next check-in, not at the end of its share
+    assert len(results(tmp_path / "logs", "lut-rank1")[0]["writes"]) == 2
+    one = convert(ckpts.training, tmp_path / "one.gguf", "q8_0", "f32", chunk_tokens=64, progress=False)
+    assert all(res["ok"] for res in results(tmp_path / "logs", "afterwards"))
+    assert (tmp_path / "afterwards" / "model.gguf").read_bytes() == one.read_bytes()
+
+
+def test_a_killed_rank_leaves_no_output(ckpts, tmp_path):
+    dst, marker = tmp_path / "model.gguf", tmp_path / "killed"
+    dst.write_bytes(b"previous file")
+    r = worker("kill", tmp_path / "logs", {"marker": str(marker), "argv": [
+        str(ckpts.training), str(dst), "--chunk-tokens", "64", "-q"]})
+    assert r.returncode != 0 and marker.exists(), r.stderr[-4000:]
+    assert dst.read_bytes() == b"previous file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["killed", "logs", "model.gguf"]
+
+
+@pytest.mark.skipif(not CUDA or torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_sharded_gpu_conversion_is_byte_identical(ckpts, tmp_path):
+    one = convert(ckpts.training, tmp_path / "one.gguf", "q8_0", chunk_tokens=80, progress=False, device="cuda")
+    r = torchrun("-m", "mole_convert.convert", ckpts.training, tmp_path / "two.gguf", "--chunk-tokens", "80",
+                 "--device", "cuda", "-q")
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert (tmp_path / "two.gguf").read_bytes() == one.read_bytes()

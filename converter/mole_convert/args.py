@@ -31,16 +31,23 @@ MODEL_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_laye
 def convert_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mole convert",
                                 description="Convert an HF MoLE checkpoint directory (training, re-parameterized "
-                                            "or dense form) to a GGUF file; the LUT is computed in streaming chunks.")
+                                            "or dense form) to a GGUF file; the LUT is computed in streaming chunks. "
+                                            "Under torchrun (torchrun --nproc-per-node N -m mole_convert.convert "
+                                            "...) the ranks share the LUT and write the same file.")
     p.add_argument("src", metavar="SRC", help="checkpoint directory (config.json, weights, tokenizer.json)")
     p.add_argument("dst", metavar="DST", help="output .gguf path (replaced only when complete)")
     p.add_argument("--lut-type", choices=LUT_TYPES, default="q8_0", help="LUT storage type (default q8_0)")
     p.add_argument("--weight-type", choices=WEIGHT_TYPES, default="f16",
                    help="type of the dense matrices (default f16); norms and router stay f32")
-    p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
+    p.add_argument("--device", default="cpu",
+                   help="where the LUT is computed: cpu, cuda or cuda:N (default cpu; under torchrun, cuda is "
+                        "cuda:LOCAL_RANK); rows come back quantized")
+    p.add_argument("--threads", type=int, default=None,
+                   help="compute threads (default: all cores, divided among the ranks on one machine)")
     p.add_argument("--chunk-tokens", type=int, default=None, help="LUT rows per chunk (default: from --memory-mb)")
     p.add_argument("--memory-mb", type=int, default=None,
-                   help="working-set budget for LUT chunks and expert weights in MiB (default 1536)")
+                   help="working-set budget for LUT chunks and expert weights in MiB (default 1536 on the CPU, "
+                        "8192 of VRAM on a GPU, at most 90%% of what is free)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes")
     return p
 
