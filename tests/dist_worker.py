@@ -4,8 +4,9 @@
 
 SCENARIO convert: every case of SPEC is converted in the one process group, each rank logging where it
 wrote; failures: every case injects a failure on one rank and logs what each rank raised; kill: rank 1
-SIGKILLs itself inside the LUT (main_convert, so SIGTERM from torchrun cleans up as in `mole convert`).
-Results go to SPEC's "out"."""
+SIGKILLs itself inside the LUT (main_convert, so SIGTERM from torchrun cleans up as in `mole convert`);
+train: mole_convert.train.main with SPEC's argv, logging what each rank saved and the batch shapes it
+trained on (SPEC's full_disk: rank 0's saves fail). Results go to SPEC's "out"."""
 import json
 import os
 import pathlib
@@ -82,6 +83,29 @@ def inject(case: dict):
 def main() -> int:
     scenario, spec = sys.argv[1], json.loads(pathlib.Path(sys.argv[2]).read_text())
     out = pathlib.Path(spec["out"])
+    if scenario == "train":
+        import torch
+        import mole_convert.train as train
+        from mole_convert.model import MoleForCausalLM
+        saves, batches = [], []
+        forward = MoleForCausalLM.forward
+
+        def recording(self, input_ids):
+            if self.training:
+                batches.append(list(input_ids.shape))
+            return forward(self, input_ids)
+        MoleForCausalLM.forward = recording
+        orig_ckpt, orig_save = train.save_checkpoint, torch.save
+        train.save_checkpoint = lambda *a, **k: (saves.append("checkpoint"), orig_ckpt(*a, **k))[1]
+        torch.save = lambda *a, **k: (saves.append("state"), orig_save(*a, **k))[1]
+        if spec.get("full_disk") and RANK == 0:   # rank 0's first save finds the disk full
+            def full(*a, **k):
+                raise OSError(28, "No space left on device (injected)")
+            train.save_checkpoint = full
+        rc = train.main(spec["argv"])
+        log(out, "saves", saves)
+        log(out, "batches", batches)
+        return rc
     if scenario == "kill":
         import mole_convert.reparam as reparam
         from mole_convert.convert import main_convert

@@ -1,6 +1,7 @@
 """Scale-out (issue 15): the LUT computed on a device and quantized there, sharded conversion under torchrun
 with 2 gloo ranks (byte-identical to one process; a failure on any rank leaves no output and names the
-rank; no two ranks write into one block). GPU checks run when torch sees CUDA and skip otherwise."""
+rank; no two ranks write into one block), and `mole train` under torchrun (DDP losses match one process;
+rank 0 alone saves; resume across world sizes). GPU checks run when torch sees CUDA and skip otherwise."""
 import json
 import os
 import subprocess
@@ -13,11 +14,13 @@ import torch
 
 from mole_convert.checkpoint import load_checkpoint
 from mole_convert.convert import convert, main_convert
+from mole_convert.dist import World
 from mole_convert.errors import ConvertError
 from mole_convert.quantize import quantize, quantize_torch, row_bytes
 from mole_convert.reparam import LutStream, plan_lut
 from mole_convert.sharded import share
-from mole_convert.testing import make_random_checkpoint, tiny_config
+from mole_convert.testing import _TINY_TEXT, make_random_checkpoint, tiny_config
+from mole_convert.train import batch_share, get_batch, main as train_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "dist_worker.py")
@@ -150,6 +153,9 @@ def test_cuda_without_a_gpu_says_why(ckpts, tmp_path, capsys):
     assert "--device cuda" in capsys.readouterr().err
     with pytest.raises(ValueError, match="device 'tpu'"):
         convert(ckpts.training, tmp_path / "x.gguf", device="tpu", progress=False)
+    capsys.readouterr()
+    assert train_main(["--data", str(tmp_path / "none.txt"), "--out", str(tmp_path / "t"), "--device", "cuda"]) == 1
+    assert "mole train: error: --device cuda: " in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
 
@@ -281,3 +287,94 @@ def test_sharded_gpu_conversion_is_byte_identical(ckpts, tmp_path):
                  "--device", "cuda", "-q")
     assert r.returncode == 0, r.stderr[-4000:]
     assert (tmp_path / "two.gguf").read_bytes() == one.read_bytes()
+
+
+# ---- training under torchrun -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("scale-data") / "text.txt"
+    path.write_text(_TINY_TEXT * 30)
+    return path
+
+
+def train_argv(out, text, *extra):
+    return ["--data", str(text), "--out", str(out), "--preset", "tiny", "--quiet", "--precision", "fp32",
+            "--eval-every", "4", "--save-every", "4", "--steps", "8", *extra]
+
+
+def train_log(out):
+    return json.loads((out / "train_log.json").read_text())
+
+
+def test_batch_shares_make_the_global_batch():
+    data = torch.arange(1000, dtype=torch.int32)
+    args = SimpleNamespace(seq_len=8, batch_size=6)
+    whole = get_batch(data, args, torch.Generator().manual_seed(1))[0]
+    parts = [get_batch(data, args, torch.Generator().manual_seed(1), batch_share(6, World(rank=r, size=3)))[0]
+             for r in range(3)]
+    assert torch.equal(torch.cat(parts), whole)
+    with pytest.raises(ValueError, match="--batch-size 6 is not a multiple of the 4 ranks"):
+        batch_share(6, World(rank=0, size=4))
+
+
+def test_ddp_matches_one_process_and_resumes_across_world_sizes(tmp_path, text_file):
+    straight = tmp_path / "straight"
+    assert train_main(train_argv(straight, text_file, "--threads", "1")) == 0
+    want = train_log(straight)
+
+    # 2 ranks, 4 of the 8 steps: the same losses as one process; only rank 0 saved
+    two = tmp_path / "two"
+    r = worker("train", tmp_path / "logs-two", {"argv": train_argv(two, text_file, "--stop-after", "4")})
+    assert r.returncode == 0, r.stderr[-4000:]
+    got = train_log(two)
+    assert got["world_size"] == 2 and got["steps"] == 4
+    assert got["train_loss"] == pytest.approx(want["train_loss"][:4], rel=1e-5)
+    assert [e["loss"] for e in got["evals"]] == pytest.approx([e["loss"] for e in want["evals"][:2]], rel=1e-5)
+    saves = results(tmp_path / "logs-two", "saves")
+    assert saves[0] and "state" in saves[0] and saves[1] == []
+    assert results(tmp_path / "logs-two", "batches") == [[[2, 32]] * 4] * 2     # each rank: half of 4 windows
+
+    # its checkpoint resumed by one process: the rest of the single-process curve
+    assert train_main(train_argv(two, text_file, "--threads", "1", "--resume")) == 0
+    resumed = train_log(two)
+    assert resumed["resumed_from"] == 4 and resumed["world_size"] == 1
+    assert resumed["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
+
+    # a one-process checkpoint resumed by 2 ranks
+    one = tmp_path / "one"
+    assert train_main(train_argv(one, text_file, "--threads", "1", "--stop-after", "4")) == 0
+    r = worker("train", tmp_path / "logs-one", {"argv": train_argv(one, text_file, "--resume")})
+    assert r.returncode == 0, r.stderr[-4000:]
+    resumed = train_log(one)
+    assert resumed["resumed_from"] == 4 and resumed["world_size"] == 2
+    assert resumed["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
+    assert resumed["final_eval_loss"] == pytest.approx(want["final_eval_loss"], rel=1e-5)
+
+
+def test_a_failed_save_on_rank_0_stops_every_rank(tmp_path, text_file):
+    out = tmp_path / "run"
+    r = worker("train", tmp_path / "logs", {"full_disk": True, "argv": train_argv(out, text_file, "--steps", "4")})
+    assert r.returncode != 0
+    msg = "mole train: error: saving the checkpoint failed on rank 0 of 2: [Errno 28] No space left on device"
+    assert r.stderr.count(msg) == 1, r.stderr[-4000:]          # rank 0 says it; rank 1 stops quietly
+    assert results(tmp_path / "logs", "saves")[1] == []        # rank 1 never wrote
+    assert not (out / "train_state.pt").exists() and not (out / "train_log.json").exists()
+
+
+@needs_cuda
+def test_training_on_a_gpu_follows_the_cpu(tmp_path, text_file):
+    assert train_main(train_argv(tmp_path / "cpu", text_file, "--steps", "4", "--threads", "1")) == 0
+    assert train_main(train_argv(tmp_path / "gpu", text_file, "--steps", "4", "--device", "cuda")) == 0
+    assert train_log(tmp_path / "gpu")["train_loss"] == pytest.approx(train_log(tmp_path / "cpu")["train_loss"],
+                                                                      rel=1e-3)
+
+
+@pytest.mark.skipif(not CUDA or torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_ddp_on_gpus_with_nccl(tmp_path, text_file):
+    assert train_main(train_argv(tmp_path / "one", text_file, "--steps", "4", "--device", "cuda")) == 0
+    r = worker("train", tmp_path / "logs", {"argv": train_argv(tmp_path / "two", text_file, "--steps", "4",
+                                                                "--device", "cuda")})
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert train_log(tmp_path / "two")["train_loss"] == pytest.approx(train_log(tmp_path / "one")["train_loss"],
+                                                                      rel=1e-4)

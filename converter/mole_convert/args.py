@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 
 WEIGHT_TYPES = ("f32", "f16", "bf16", "q8_0")
 LUT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 
-TRAIN_DESCRIPTION = "Train a byte-level BPE tokenizer and a small MoLE (or dense) model on plain text files, on CPU."
+TRAIN_DESCRIPTION = ("Train a byte-level BPE tokenizer and a small MoLE (or dense) model on plain text files, on the "
+                     "CPU or a GPU. Under torchrun (torchrun --nproc-per-node N -m mole_convert.train ...) the ranks "
+                     "train one model with DistributedDataParallel, each on its share of every batch.")
 
 # Model and schedule presets for a 2-core CPU. "demo": V*L*N*d = 4096*4*4*256 = 16.8M LUT values
 # (~17.8 MB at q8_0) + ~4.6M dense weights (~4.9 MB at q8_0): a GGUF under 24 MB.
@@ -78,7 +79,10 @@ def parse_train_args(argv) -> argparse.Namespace:
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="autocast dtype for matmuls")
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu, or cuda (under torchrun: cuda:LOCAL_RANK, ranks joined by nccl; on the CPU by gloo)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: all cores, divided among the ranks on one machine)")
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
     args = p.parse_args(argv)
     for key, value in PRESETS[args.preset].items():
