@@ -1,8 +1,11 @@
 """Conversion at real scale: build a random-weight MoLE checkpoint shard by shard (never whole in memory),
-convert it to a GGUF with a q8_0 LUT in a child process, and report wall time, rows/s, peak RSS, file size.
+convert it to a GGUF with a q8_0 LUT in a child process (or --ranks N under torchrun, each rank writing its
+token ranges), and report wall time, rows/s, peak RSS, file size.
 
     PYTHONPATH=python:converter python bench/convert_scale.py --shape small          # quick check
     PYTHONPATH=python:converter nice -n 10 python bench/convert_scale.py --shape 160m-16e --workdir /tmp
+    PYTHONPATH=python:converter nice -n 10 python bench/convert_scale.py --shape 160m-16e --ranks 2 \
+        --ckpt /tmp/ckpt-160m-16e      # reuse (or build once and keep) the checkpoint
 """
 from __future__ import annotations
 
@@ -83,9 +86,14 @@ def build_checkpoint(directory: pathlib.Path, cfg: MoleConfig, dtype: torch.dtyp
 
 
 def run_convert(ckpt: pathlib.Path, out: pathlib.Path, lut_type: str, threads: int | None,
-                memory_mb: int | None) -> dict:
-    """Convert in a child process; wall time and the child's peak RSS (ru_maxrss of wait4)."""
-    cmd = [sys.executable, "-m", "mole_convert.convert", str(ckpt), str(out), "--lut-type", lut_type]
+                memory_mb: int | None, ranks: int = 1, device: str = "cpu") -> dict:
+    """Convert in a child process (ranks > 1: torchrun with that many ranks on this machine); wall time and
+    the peak RSS of the largest process (ru_maxrss of wait4 covers the child and its waited-for descendants)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"] \
+        if ranks > 1 else [sys.executable]
+    cmd = [*launcher, "-m", "mole_convert.convert", str(ckpt), str(out), "--lut-type", lut_type]
+    if device != "cpu":
+        cmd += ["--device", device]
     if threads:
         cmd += ["--threads", str(threads)]
     if memory_mb:
@@ -128,6 +136,19 @@ def verify(out: pathlib.Path, ckpt: pathlib.Path, ids: list[int]) -> float:
     return float(np.abs(got - exact).max() / np.abs(exact).max())
 
 
+def cpu_name() -> str:
+    """The CPU's model name and logical core count (/proc/cpuinfo), e.g. "AMD EPYC (family 26), 2 cores"."""
+    try:
+        info = pathlib.Path("/proc/cpuinfo").read_text()
+        name = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+        family = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                       if line.startswith("cpu family")), None)
+        name += f" (family {family})" if family else ""
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"{name}, {os.cpu_count()} cores"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", choices=SHAPES, default="small")
@@ -136,30 +157,50 @@ def main(argv=None) -> int:
     ap.add_argument("--lut-type", default="q8_0")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--memory-mb", type=int, default=None, help="converter working-set budget (default its own)")
+    ap.add_argument("--ranks", type=int, default=1, help="convert under torchrun with this many ranks (default 1)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the LUT is computed")
+    ap.add_argument("--vocab", type=int, default=None,
+                    help="vocabulary size instead of the shape's: fewer LUT rows, each the same work (a shorter run)")
+    ap.add_argument("--ckpt", type=pathlib.Path, default=None,
+                    help="checkpoint directory: reused when it holds config.json, else built there and kept")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoint and the GGUF afterwards")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     a = ap.parse_args(argv)
 
-    cfg = MoleConfig(**SHAPES[a.shape], rms_norm_eps=1e-5)
+    shape = SHAPES[a.shape] | ({} if a.vocab is None else {"vocab_size": a.vocab})
+    cfg = MoleConfig(**shape, rms_norm_eps=1e-5)
     work = pathlib.Path(a.workdir) / f"mole-convert-scale-{a.shape}-{os.getpid()}"
-    ckpt, out = work / "ckpt", work / "model.gguf"
+    ckpt, out = a.ckpt or work / "ckpt", work / "model.gguf"
+    work.mkdir(parents=True, exist_ok=True)
     try:
-        t0 = time.perf_counter()
-        ckpt_bytes = build_checkpoint(ckpt, cfg, _DTYPES[a.dtype])
-        build_s = time.perf_counter() - t0
-        print(f"checkpoint: {ckpt_bytes / 2**30:.2f} GiB {a.dtype} in {build_s:.0f} s", file=sys.stderr)
-        res = run_convert(ckpt, out, a.lut_type, a.threads, a.memory_mb)
+        if (ckpt / "config.json").is_file():
+            held = json.loads((ckpt / "config.json").read_text())
+            if any(held.get(k) != v for k, v in shape.items()):
+                raise SystemExit(f"{ckpt} holds another shape than {a.shape} (vocab {cfg.vocab_size})")
+            ckpt_bytes = json.loads((ckpt / "model.safetensors.index.json").read_text())["metadata"]["total_size"]
+            print(f"checkpoint: reusing {ckpt} ({ckpt_bytes / 2**30:.2f} GiB)", file=sys.stderr)
+        else:
+            t0 = time.perf_counter()
+            ckpt_bytes = build_checkpoint(ckpt, cfg, _DTYPES[a.dtype])
+            print(f"checkpoint: {ckpt_bytes / 2**30:.2f} GiB {a.dtype} in {time.perf_counter() - t0:.0f} s",
+                  file=sys.stderr)
+        res = run_convert(ckpt, out, a.lut_type, a.threads, a.memory_mb, a.ranks, a.device)
         V = cfg.vocab_size
-        res.update(shape=a.shape, lut_type=a.lut_type, ckpt_dtype=a.dtype, ckpt_bytes=ckpt_bytes,
-                   gguf_bytes=out.stat().st_size, rows_per_s=V / res["wall_s"],
+        res.update(shape=a.shape, vocab=V, lut_type=a.lut_type, ckpt_dtype=a.dtype, ckpt_bytes=ckpt_bytes,
+                   gguf_bytes=out.stat().st_size, rows_per_s=V / res["wall_s"], ranks=a.ranks, device=a.device,
                    lut_row_len=cfg.num_hidden_layers * cfg.num_experts * cfg.hidden_size,
-                   threads=a.threads or os.cpu_count(), cpu=platform.processor() or platform.machine(),
+                   threads=a.threads or os.cpu_count(), cpu=cpu_name(),
                    rel_err=verify(out, ckpt, [0, 1, V // 2, V - 1]))
+        if a.keep:
+            print(f"kept {out}", file=sys.stderr)
     finally:
         if not a.keep:
-            shutil.rmtree(work, ignore_errors=True)
+            out.unlink(missing_ok=True)
+            if a.ckpt is None:
+                shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(res, indent=1))
-    print(f"\n| {a.shape} | {a.lut_type} | {res['wall_s']:.0f} s | {res['rows_per_s']:.0f} | "
+    print(f"\n| {a.shape} (V={cfg.vocab_size}) | {a.ranks} | {a.lut_type} | {res['wall_s']:.0f} s | "
+          f"{res['rows_per_s']:.1f} | "
           f"{res['peak_rss_bytes'] / 2**30:.2f} GiB | {res['gguf_bytes'] / 2**30:.2f} GiB | {res['rel_err']:.2e} |")
     if a.json:
         pathlib.Path(a.json).write_text(json.dumps(res, indent=1))

@@ -281,8 +281,8 @@ _SLOW = r"""
 import pathlib, sys, time
 import mole_convert.reparam as R
 orig = R.LutStream._computed
-def slow(self, bar):
-    for item in orig(self, bar):
+def slow(self, *args):
+    for item in orig(self, *args):
         yield item
         pathlib.Path(sys.argv[3]).write_text("started")
         time.sleep(60)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 
 WEIGHT_TYPES = ("f32", "f16", "bf16", "q8_0")
@@ -15,7 +14,9 @@ GATED_LUT_TYPES = ("q4_0", "iq4_nl", "q3_k")   # below 8 bits: measured against 
 DEFAULT_MAX_KL = 0.03
 DEFAULT_CALIBRATION_TOKENS = 4096
 
-TRAIN_DESCRIPTION = "Train a byte-level BPE tokenizer and a small MoLE (or dense) model on plain text files, on CPU."
+TRAIN_DESCRIPTION = ("Train a byte-level BPE tokenizer and a small MoLE (or dense) model on plain text files, on the "
+                     "CPU or a GPU. Under torchrun (torchrun --nproc-per-node N -m mole_convert.train ...) the ranks "
+                     "train one model with DistributedDataParallel, each on its share of every batch.")
 
 # Model and schedule presets for a 2-core CPU. "demo": V*L*N*d = 4096*4*4*256 = 16.8M LUT values
 # (~17.8 MB at q8_0) + ~4.6M dense weights (~4.9 MB at q8_0): a GGUF under 24 MB.
@@ -42,7 +43,9 @@ MODEL_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_laye
 def convert_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mole convert",
                                 description="Convert an HF MoLE checkpoint directory (training, re-parameterized "
-                                            "or dense form) to a GGUF file; the LUT is computed in streaming chunks.")
+                                            "or dense form) to a GGUF file; the LUT is computed in streaming chunks. "
+                                            "Under torchrun (torchrun --nproc-per-node N -m mole_convert.convert "
+                                            "...) the ranks share the LUT and write the same file.")
     p.add_argument("src", metavar="SRC", help="checkpoint directory (config.json, weights, tokenizer.json)")
     p.add_argument("dst", metavar="DST", help="output .gguf path (replaced only when complete)")
     p.add_argument("--lut-type", choices=LUT_TYPES, default="q8_0",
@@ -60,10 +63,15 @@ def convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write a low-bit LUT even past --max-kl")
     p.add_argument("--weight-type", choices=WEIGHT_TYPES, default="f16",
                    help="type of the dense matrices (default f16); norms and router stay f32")
-    p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
+    p.add_argument("--device", default="cpu",
+                   help="where the LUT is computed: cpu, cuda or cuda:N (default cpu; under torchrun, cuda is "
+                        "cuda:LOCAL_RANK); rows come back quantized")
+    p.add_argument("--threads", type=int, default=None,
+                   help="compute threads (default: all cores, divided among the ranks on one machine)")
     p.add_argument("--chunk-tokens", type=int, default=None, help="LUT rows per chunk (default: from --memory-mb)")
     p.add_argument("--memory-mb", type=int, default=None,
-                   help="working-set budget for LUT chunks and expert weights in MiB (default 1536)")
+                   help="working-set budget for LUT chunks and expert weights in MiB (default 1536 on the CPU, "
+                        "8192 of VRAM on a GPU, at most 90%% of what is free)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes")
     return p
 
@@ -95,7 +103,10 @@ def parse_train_args(argv) -> argparse.Namespace:
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="autocast dtype for matmuls")
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu, or cuda (under torchrun: cuda:LOCAL_RANK, ranks joined by nccl; on the CPU by gloo)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: all cores, divided among the ranks on one machine)")
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
     args = p.parse_args(argv)
     for key, value in PRESETS[args.preset].items():

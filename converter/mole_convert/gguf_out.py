@@ -121,11 +121,19 @@ def add_gate_metadata(w: gguf.GGUFWriter, gate) -> None:
     w.add_string(G.KEY_LUT_CALIBRATION, f"{gate.tokens} tokens of {gate.source}")
 
 
-def write_gguf(path, ckpt: Checkpoint, plan: TensorPlan, tok: TokenizerMeta, lut=None, *,
-               name: str = "", progress: bool = False, gate=None) -> None:
-    """Write the whole file to path: header, metadata, tensor infos, dense tensors, then the LUT stream
-    (an object with nbytes and tofile(fout), e.g. reparam.LutStream) when the model has one. gate: the
-    low-bit LUT's measurement (lut_gate.GateResult), written as mole.lut.* keys."""
+@dataclass
+class FileLayout:
+    """Where the LUT's bytes go in the file: GGUFWriter's own layout (tensor data aligned, each tensor padded)."""
+    lut_offset: int     # absolute offset of lut.weight's first byte (a multiple of the alignment)
+    lut_nbytes: int
+    file_size: int      # lut_offset + lut_nbytes padded to the alignment, as GGUFWriter ends the file
+
+
+def start_gguf(path, ckpt: Checkpoint, plan: TensorPlan, tok: TokenizerMeta, lut=None, *,
+               name: str = "", gate=None) -> tuple[gguf.GGUFWriter, FileLayout | None]:
+    """Open path and write the header, metadata and tensor infos; returns the writer (positioned before the
+    dense tensors' data) and, when there is a LUT, where its bytes go. gate: the low-bit LUT's measurement
+    (lut_gate.GateResult), written as mole.lut.* keys."""
     w = gguf.GGUFWriter(pathlib.Path(path), G.ARCH)
     try:
         add_metadata(w, ckpt, tok, name)
@@ -139,9 +147,32 @@ def write_gguf(path, ckpt: Checkpoint, plan: TensorPlan, tok: TokenizerMeta, lut
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
-        with Progress(sum(t.nbytes for t in plan.tensors), "weights", "B", progress) as bar:
-            for t in plan.tensors:
-                w.write_tensor_data(_CheckpointTensor(ckpt, t, bar))
+    except BaseException:
+        w.close()
+        raise
+    if lut is None:
+        return w, None
+    pad = w.ggml_pad
+    data_start = pad(w.fout[0].tell(), w.data_alignment)
+    lut_offset = data_start + sum(pad(t.nbytes, w.data_alignment) for t in plan.tensors)
+    return w, FileLayout(lut_offset, lut.nbytes, lut_offset + pad(lut.nbytes, w.data_alignment))
+
+
+def write_dense(w: gguf.GGUFWriter, ckpt: Checkpoint, plan: TensorPlan, progress: bool = False) -> None:
+    """Every dense tensor, in file order, each read and quantized only when written."""
+    with Progress(sum(t.nbytes for t in plan.tensors), "weights", "B", progress) as bar:
+        for t in plan.tensors:
+            w.write_tensor_data(_CheckpointTensor(ckpt, t, bar))
+
+
+def write_gguf(path, ckpt: Checkpoint, plan: TensorPlan, tok: TokenizerMeta, lut=None, *,
+               name: str = "", progress: bool = False, gate=None) -> None:
+    """Write the whole file to path: header, metadata, tensor infos, dense tensors, then the LUT stream
+    (an object with nbytes and tofile(fout), e.g. reparam.LutStream) when the model has one; gate as in
+    start_gguf."""
+    w, _ = start_gguf(path, ckpt, plan, tok, lut, name=name, gate=gate)
+    try:
+        write_dense(w, ckpt, plan, progress)
         if lut is not None:
             w.write_tensor_data(lut)
         w.flush()

@@ -272,3 +272,65 @@ def dequantize(data: np.ndarray, type_name: str, n: int) -> np.ndarray:
     if type_name == "f16":
         return data.view(np.float16).astype(np.float32)
     return gguf.quants.dequantize(data, ggml_type(type_name)).reshape(-1, n)
+
+
+def quantize_torch(rows, type_name: str, first_row: int = 0):
+    """quantize() in torch, on the rows' own device (the LUT computed on a GPU comes back quantized):
+    f32 [T, n] -> uint8 [T, row_bytes], byte-identical to quantize() on the same f32 values.
+
+    The same IEEE operations in the same order as the numpy code; every divisor is a tensor on the rows'
+    device, never a Python scalar (CUDA turns division by a scalar into a multiply by its reciprocal).
+    """
+    import torch
+
+    _check_type(type_name)
+    if rows.dim() != 2 or rows.dtype != torch.float32:
+        raise ValueError(f"quantize_torch expects f32 rows [T, n], got {rows.dtype} {tuple(rows.shape)}")
+    t, n = rows.shape
+    rb = row_bytes(type_name, n)
+    rows = rows.contiguous()
+    if type_name == "f32":
+        return rows.view(torch.uint8).view(t, rb)
+    if type_name == "f16":
+        half = rows.to(torch.float16).view(torch.int16)                              # [T, n]
+        nan = torch.isnan(rows)
+        if bool(nan.any()):   # numpy keeps a NaN's sign and top 10 payload bits (torch makes them 0x7E00)
+            bits = rows.view(torch.int32)
+            sig = (bits & 0x7FFFFF) >> 13
+            keep = ((bits >> 16) & 0x8000) | 0x7C00 | torch.where(sig == 0, torch.ones_like(sig), sig)
+            keep = torch.where(keep >= 0x8000, keep - 0x10000, keep).to(torch.int16)  # as int16 bits
+            half = torch.where(nan, keep, half)
+        return half.view(torch.uint8).view(t, rb)
+    if type_name == "bf16":
+        # _bf16's uint32 steps on the same bits as int32 (torch has no uint32 arithmetic): no step overflows
+        # either way, so the low 32 bits agree, and an arithmetic shift keeps the low 16 bits a logical one gives
+        bits = rows.view(torch.int32)                                                # [T, n], no copy
+        nan = (bits & 0x7FFFFFFF) > 0x7F800000
+        bits = torch.where(nan, (bits & -0x10000) | 0x00400000, bits)                # -0x10000 = 0xFFFF0000
+        rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16                      # the bf16 bits, sign-extended
+        return rounded.to(torch.int16).view(torch.uint8).view(t, rb)
+    blocks = rows.view(-1, 32)                                                       # [B, 32]
+    if type_name == "q8_0":
+        scale = blocks.abs().amax(dim=1, keepdim=True)                               # [B, 1] amax
+        divisor = 127.0
+    else:
+        imax = blocks.abs().argmax(dim=1, keepdim=True)                              # first largest |x|
+        scale = torch.gather(blocks, 1, imax)                                        # [B, 1], signed
+        divisor = -8.0
+    bad = ~torch.isfinite(scale[:, 0])
+    if bool(bad.any()):
+        row = first_row + int(torch.argmax(bad.to(torch.uint8))) * 32 // n
+        raise ValueError(f"row {row} holds a non-finite value (NaN or inf); cannot quantize to {type_name}")
+    d = scale / torch.full_like(scale, divisor)
+    inv = torch.where(d != 0, torch.ones_like(d) / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
+    x = blocks * inv
+    if type_name == "q8_0":
+        a = x.abs()
+        r = torch.floor(a)
+        r = r + ((a - r) >= 0.5).to(torch.float32)                                   # round half away from 0
+        q = torch.copysign(r, x).to(torch.int8).view(torch.uint8)                    # [B, 32]
+    else:
+        q = torch.clamp_max(torch.trunc(x + 8.5), 15.0).to(torch.uint8)              # [B, 32] in 0..15
+        q = q[:, :16] | (q[:, 16:] << 4)                                             # [B, 16]
+    out = torch.cat([d.to(torch.float16).view(torch.uint8), q], dim=1)              # [B, 2 + 32 | 16]
+    return out.view(t, rb)

@@ -1,14 +1,20 @@
-"""Train a byte-level BPE tokenizer and a small MoLE (or dense) model on plain text files, on CPU.
+"""Train a byte-level BPE tokenizer and a small MoLE (or dense) model on plain text files, on the CPU or a GPU.
 `python -m mole_convert.train --data FILE... --out DIR [--preset tiny|small|demo]`; the output directory is an
 HF-layout checkpoint (`mole convert` takes it) plus train_state.pt (resume) and train_log.json (results). Every
 file is written to a temporary name and renamed into place: a full disk, Ctrl-C or SIGTERM leaves the last saved
-checkpoint whole, and --resume continues from it."""
+checkpoint whole, and --resume continues from it.
+
+Under torchrun the ranks train one model with DistributedDataParallel (gloo on the CPU, nccl on GPUs): every
+rank draws the same global batch of windows and trains on its own slice of it, so a run matches the
+single-process run of the same --batch-size and --seed; rank 0 alone writes the output directory, and the
+saved state does not depend on the world size (any world size resumes it)."""
 from __future__ import annotations
 
 import errno
 import io
 import json
 import math
+import os
 import pathlib
 import signal
 import sys
@@ -21,6 +27,8 @@ import torch.nn.functional as F
 from .args import MODEL_KEYS, PRESETS, parse_train_args as parse_args  # noqa: F401  (PRESETS: tests)
 from .checkpoint import _atomic_write, save_checkpoint
 from .config import MoleConfig
+from .dist import World, init_world
+from .errors import ConvertError
 from .model import MoleForCausalLM
 from .tokenizer_train import ENDOFTEXT, train_bpe_tokenizer
 
@@ -89,35 +97,52 @@ def lr_at(step: int, args, elapsed_s: float = 0.0) -> float:
     return min_lr + 0.5 * (args.lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def get_batch(data: torch.Tensor, args, gen: torch.Generator):
-    """Random windows: x, y [B, S] with y = x shifted by one."""
-    starts = torch.randint(0, len(data) - args.seq_len - 1, (args.batch_size,), generator=gen)
-    win = torch.stack([data[s:s + args.seq_len + 1] for s in starts.tolist()]).long()  # [B, S+1]
+def batch_share(batch_size: int, world: World) -> slice:
+    """This rank's rows of a global batch of batch_size windows (every rank gets the same number)."""
+    if batch_size % world.size:
+        raise ValueError(f"--batch-size {batch_size} is not a multiple of the {world.size} ranks")
+    n = batch_size // world.size
+    return slice(world.rank * n, (world.rank + 1) * n)
+
+
+def get_batch(data: torch.Tensor, args, gen: torch.Generator, rows: slice = slice(None)):
+    """Random windows of the global batch: x, y [B, S] with y = x shifted by one; rows picks this rank's
+    share. Every rank draws all B starts, so the generator's state is the same on every rank and for any
+    world size."""
+    starts = torch.randint(0, len(data) - args.seq_len - 1, (args.batch_size,), generator=gen)[rows]
+    win = torch.stack([data[s:s + args.seq_len + 1] for s in starts.tolist()]).long()  # [B / ranks, S+1]
     return win[:, :-1], win[:, 1:]
 
 
 def autocast(args):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    kind = "cuda" if str(getattr(args, "device", "cpu")).startswith("cuda") else "cpu"
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
 
 @torch.no_grad()
-def _eval_nats(model, data: torch.Tensor, args) -> tuple[float, int]:
-    """Summed next-token loss (nats) over non-overlapping windows of data [T], and the tokens predicted."""
+def _eval_nats(model, data: torch.Tensor, args, world: World | None = None) -> tuple[float, int]:
+    """Summed next-token loss (nats) over non-overlapping windows of data [T], and the tokens predicted.
+    Under torchrun each rank evaluates every world.size-th batch and the sums are added over the ranks."""
     S = args.seq_len
     windows = [data[s:s + S + 1].long() for s in range(0, len(data) - 1, S)]  # each [<= S+1]
     full = [w for w in windows if len(w) == S + 1]
     batches = [torch.stack(full[i:i + args.batch_size]) for i in range(0, len(full), args.batch_size)]
     batches += [w[None] for w in windows if len(w) != S + 1]  # the ragged tail, alone
+    if world is not None:
+        batches = batches[world.rank::world.size]
     total, count = 0.0, 0
     for win in batches:  # [b, <= S+1]
+        win = win.to(args.device)
         with autocast(args):
             logits = model(win[:, :-1])
         total += F.cross_entropy(logits.float().flatten(0, 1), win[:, 1:].flatten(), reduction="sum").item()
         count += win[:, 1:].numel()
-    return total, count
+    if world is not None:
+        total, count = world.sum([total, count])
+    return total, int(count)
 
 
-def evaluate(model, held: dict[str, tuple[torch.Tensor, int]], args) -> dict:
+def evaluate(model, held: dict[str, tuple[torch.Tensor, int]], args, world: World | None = None) -> dict:
     """Held-out loss (nats/token) and bits per byte (nats / ln 2 / UTF-8 bytes), overall and per file.
     held: name -> (ids [T], bytes of its text). With --eval-tokens, each file's first tokens are used and
     its bytes are prorated."""
@@ -127,7 +152,7 @@ def evaluate(model, held: dict[str, tuple[torch.Tensor, int]], args) -> dict:
         if args.eval_tokens and len(ids) > args.eval_tokens + 1:
             n_bytes = n_bytes * args.eval_tokens / (len(ids) - 1)
             ids = ids[:args.eval_tokens + 1]
-        total, count = _eval_nats(model, ids, args)
+        total, count = _eval_nats(model, ids, args, world)
         files[name] = {"loss": total / count, "bpb": total / math.log(2) / n_bytes}
         nats, toks, nbytes = nats + total, toks + count, nbytes + n_bytes
     model.train()
@@ -139,7 +164,8 @@ def _fmt_eval(step: int, ev: dict) -> str:
     return f"step {step}: eval loss {ev['loss']:.4f}, {ev['bpb']:.3f} bits/byte" + (f" ({per})" if per else "")
 
 
-def build_tokenizer(args, train_texts):
+def build_tokenizer(args, train_texts, world: World):
+    """The run's tokenizer: OUT/tokenizer.json on --resume, else trained by rank 0 and sent to the others."""
     from tokenizers import Tokenizer
 
     path = args.out / "tokenizer.json"
@@ -148,11 +174,12 @@ def build_tokenizer(args, train_texts):
             raise FileNotFoundError(f"--resume: {path} not found")
         return Tokenizer.from_file(str(path))
     say(args, f"training a {args.vocab_size}-id byte-level BPE tokenizer on {sum(map(len, train_texts))} chars")
-    return train_bpe_tokenizer(train_texts, args.vocab_size)
+    text = train_bpe_tokenizer(train_texts, args.vocab_size).to_str() if world.is_main else None
+    return Tokenizer.from_str(world.broadcast(text))
 
 
 def say(args, msg: str) -> None:
-    if not args.quiet:
+    if not args.quiet and getattr(args, "rank", 0) == 0:
         print(msg, flush=True)
 
 
@@ -167,34 +194,64 @@ def _sigterm(signum, frame):
     raise SystemExit(128 + signum)   # unwinds like Ctrl-C: the temporary files are removed
 
 
+def start_world(args) -> World:
+    """This process's rank (a single one outside torchrun) and device; sets args.device, args.rank."""
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            why = (f"this torch ({torch.__version__}) is built without CUDA" if torch.version.cuda is None
+                   else "no CUDA device is visible")
+            raise ConvertError(f"--device cuda: {why}")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise ConvertError(f"--device cuda: local rank {local} has no GPU of its own "
+                               f"({torch.cuda.device_count()} visible); start at most that many ranks per machine")
+        torch.cuda.set_device(local)
+        world = init_world("nccl", device=f"cuda:{local}")
+    else:
+        world = init_world("gloo")
+    args.device, args.rank = world.device, world.rank
+    return world
+
+
 def main(argv=None) -> int:
     """Runs training; returns 0, or 130 on Ctrl-C. SIGTERM exits with 143 (SystemExit). Either way, and on a
     full disk (OSError), the files of the last save are left whole."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     in_main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _sigterm) if in_main else None
+    world = None
     try:
-        return _train(args, argv)
+        world = start_world(args)
+        return _train(args, world, argv)
     except KeyboardInterrupt:
-        state = args.out / "train_state.pt"
-        kept = (f"{state} holds the last saved step; continue with --resume" if state.is_file()
-                else "no checkpoint was saved yet")
-        print(f"interrupted; {kept}", file=sys.stderr, flush=True)
+        if world is None or world.is_main:
+            state = args.out / "train_state.pt"
+            kept = (f"{state} holds the last saved step; continue with --resume" if state.is_file()
+                    else "no checkpoint was saved yet")
+            print(f"interrupted; {kept}", file=sys.stderr, flush=True)
         return 130
+    except ConvertError as e:   # a device that is not there, or a step that failed on some rank (RankError)
+        named = getattr(e, "ranks", None)
+        if world is None or world.is_main or not named or world.rank in named:
+            print(f"mole train: error: {e}", file=sys.stderr, flush=True)
+        return 1
     finally:
+        if world is not None:
+            world.close()
         if old is not None:
             signal.signal(signal.SIGTERM, old)
 
 
-def _train(args, argv) -> int:
-    torch.set_num_threads(max(1, args.threads))
+def _train(args, world: World, argv) -> int:
+    rows = batch_share(args.batch_size, world)
+    torch.set_num_threads(max(1, args.threads or (os.cpu_count() or 1) // world.local_size))
     t_start = time.time()
     state_path = args.out / "train_state.pt"
     state = None
     if args.resume:
         if not state_path.is_file():
             raise FileNotFoundError(f"--resume: {state_path} not found")
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = torch.load(state_path, map_location="cpu", weights_only=True)   # every rank reads it
         saved = state["args"]  # the run's data, model and optimizer settings; --steps and logging may change
         for key in ("eval_fraction", "seq_len", "batch_size", "lr", "warmup", "min_lr_ratio", "weight_decay",
                     "precision", "seed", *MODEL_KEYS):
@@ -204,10 +261,11 @@ def _train(args, argv) -> int:
         if args.eval_file is None and saved["eval_file"]:
             ev = saved["eval_file"]   # one path (before 0.3) or a list
             args.eval_file = [pathlib.Path(f) for f in ([ev] if isinstance(ev, str) else ev)]
-    args.out.mkdir(parents=True, exist_ok=True)
+    if world.is_main:
+        args.out.mkdir(parents=True, exist_ok=True)
 
     train_texts, held_texts = read_texts(args)
-    tok = build_tokenizer(args, train_texts)
+    tok = build_tokenizer(args, train_texts, world)
     if tok.token_to_id(ENDOFTEXT) != 0:
         raise ValueError(f"tokenizer must have {ENDOFTEXT} at id 0")
     train_ids = encode(tok, train_texts)
@@ -221,6 +279,9 @@ def _train(args, argv) -> int:
     config = MoleConfig(**{k: getattr(args, k) for k in MODEL_KEYS}, max_position_embeddings=args.seq_len,
                         rms_norm_eps=1e-5, rope_theta=10000.0, bos_token_id=0, eos_token_id=0)
     model = MoleForCausalLM(config, form="training").init_weights(std=0.02, seed=args.seed)
+    if state is not None:
+        model.load_state_dict(state["model"])
+    model.to(args.device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
@@ -228,7 +289,6 @@ def _train(args, argv) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     step, history, prior_elapsed = 0, {"train": [], "eval": []}, 0.0  # prior_elapsed: earlier sessions' seconds
     if state is not None:
-        model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -237,22 +297,37 @@ def _train(args, argv) -> int:
         say(args, f"resumed from step {step}")
     resumed_from = step
     n_params = sum(p.numel() for p in model.parameters())
+    ranks = f", {world.size} ranks of {args.batch_size // world.size}" if world.size > 1 else ""
     say(args, f"model: {n_params / 1e6:.2f}M parameters, V={config.vocab_size} d={config.hidden_size} "
               f"L={config.num_hidden_layers} N={config.num_experts} D={config.intermediate_size}; "
-              f"{args.steps} steps of {args.batch_size}x{args.seq_len} tokens, {args.precision}, "
-              f"{torch.get_num_threads()} threads")
+              f"{args.steps} steps of {args.batch_size}x{args.seq_len} tokens{ranks}, {args.precision}, "
+              f"{args.device}, {torch.get_num_threads()} threads")
+    ddp = model
+    if world.size > 1:   # gradients averaged over the ranks' equal shares = the global batch's mean gradient
+        from torch.nn.parallel import DistributedDataParallel
+        ddp = DistributedDataParallel(model, device_ids=[args.device] if args.device != "cpu" else None)
 
     saved = [step if state is not None else None]   # the step train_state.pt holds
 
     def save():
+        """Rank 0 writes; under torchrun the others wait for it, and a failure there (a full disk) stops every
+        rank. One process saves directly, so its errors (a full disk's OSError) reach the caller as they are."""
+        if world.size == 1:
+            _save()
+            return
+        with world.step("saving the checkpoint"):
+            if world.is_main:
+                _save()
+
+    def _save():
         # The checkpoint, then the state --resume reads; each replaces its file only once written whole.
         # The state is serialized in memory first so that a full disk is an OSError, not torch's RuntimeError.
         buf = io.BytesIO()
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(), "step": step, "history": history,
+                    "torch_rng": torch.get_rng_state(), "step": step, "history": history, "world_size": world.size,
                     "elapsed_s": prior_elapsed + time.time() - t_start,
                     "args": {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()
-                             if k not in ("data", "eval_file")} | {
+                             if k not in ("data", "eval_file", "rank")} | {
                         "data": [str(p) for p in args.data],
                         "eval_file": [str(f) for f in args.eval_file] if args.eval_file else None}}, buf)
         try:
@@ -268,7 +343,7 @@ def _train(args, argv) -> int:
         saved[0] = step
 
     if step == 0:
-        ev = evaluate(model, held, args)
+        ev = evaluate(model, held, args, world)
         history["eval"].append({"step": 0, **ev})
         say(args, _fmt_eval(0, ev))
     model.train()
@@ -276,40 +351,44 @@ def _train(args, argv) -> int:
     stop_at = min(args.steps, args.stop_after or args.steps)
     while step < stop_at:
         elapsed = prior_elapsed + time.time() - t_start
+        if args.time_limit is not None and world.size > 1:
+            elapsed = world.broadcast(elapsed)   # one clock: every rank stops at the same step, same lr
         if args.time_limit is not None and elapsed > args.time_limit * 60:
             say(args, f"time limit of {args.time_limit} min reached at step {step}")
             break
         lr = lr_at(step, args, elapsed)
         for group in opt.param_groups:
             group["lr"] = lr
-        x, y = get_batch(train_ids, args, gen)
+        x, y = get_batch(train_ids, args, gen, rows)
+        x, y = x.to(args.device), y.to(args.device)
         with autocast(args):
-            logits = model(x)
+            logits = ddp(x)
         loss = F.cross_entropy(logits.float().view(-1, config.vocab_size), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         opt.step()
         step += 1
-        tokens_done += x.numel()
-        history["train"].append({"step": step, "loss": loss.item()})
+        tokens_done += x.numel() * world.size
+        loss_value = world.sum([loss.item()])[0] / world.size   # the global batch's mean loss
+        history["train"].append({"step": step, "loss": loss_value})
         if step % args.log_every == 0 or step == args.steps:
             elapsed = time.time() - t_loop
             tps = tokens_done / max(elapsed, 1e-9)
-            eta = (stop_at - step) * x.numel() / max(tps, 1e-9)
+            eta = (stop_at - step) * x.numel() * world.size / max(tps, 1e-9)
             if args.time_limit is not None:
                 eta = min(eta, max(0.0, args.time_limit * 60 - (prior_elapsed + time.time() - t_start)))
-            say(args, f"step {step}/{args.steps}: loss {loss.item():.4f}, lr {lr:.2e}, {tps:.0f} tok/s, "
+            say(args, f"step {step}/{args.steps}: loss {loss_value:.4f}, lr {lr:.2e}, {tps:.0f} tok/s, "
                       f"ETA {eta / 60:.1f} min")
         if step % args.eval_every == 0 or step == stop_at:
-            ev = evaluate(model, held, args)
+            ev = evaluate(model, held, args, world)
             history["eval"].append({"step": step, **ev})
             say(args, _fmt_eval(step, ev))
         if step % args.save_every == 0 and step < stop_at:
             save()
 
     if history["eval"][-1]["step"] != step:  # stopped by the time limit, or nothing was left to do
-        ev = evaluate(model, held, args)
+        ev = evaluate(model, held, args, world)
         history["eval"].append({"step": step, **ev})
         say(args, _fmt_eval(step, ev))
     save()
@@ -319,12 +398,13 @@ def _train(args, argv) -> int:
            "final_bpb_by_file": {n: f["bpb"] for n, f in final["files"].items()},
            "eval_tokens": final["tokens"], "held_out_bytes": n_held_bytes, "wall_time_s": wall,
            "tokens_per_s": tokens_done / max(time.time() - t_loop, 1e-9) if tokens_done else None,
-           "parameters": n_params, "config": config.to_hf_dict(), "preset": args.preset,
+           "parameters": n_params, "config": config.to_hf_dict(), "preset": args.preset, "world_size": world.size,
            "command": "python -m mole_convert.train " + " ".join(sys.argv[1:] if argv is None else argv),
            "evals": history["eval"], "train_loss": [h["loss"] for h in history["train"]]}
-    _atomic_write(args.out / "train_log.json", lambda p: p.write_text(json.dumps(log, indent=2) + "\n"))
-    print(f"done: {step} steps, eval loss {final['loss']:.4f}, {final['bpb']:.3f} bits/byte, "
-          f"{wall / 60:.1f} min; checkpoint in {args.out}", flush=True)
+    if world.is_main:
+        _atomic_write(args.out / "train_log.json", lambda p: p.write_text(json.dumps(log, indent=2) + "\n"))
+        print(f"done: {step} steps, eval loss {final['loss']:.4f}, {final['bpb']:.3f} bits/byte, "
+              f"{wall / 60:.1f} min; checkpoint in {args.out}", flush=True)
     return 0
 
 
