@@ -61,3 +61,11 @@ def build_dir():
     return BUILD
 
 
+
+
+def child_takes_sigint() -> None:
+    """preexec_fn for a child a test sends SIGINT: a shell's background job (nohup, `cmd &` without job control)
+    starts with SIGINT ignored, the child inherits that, and Python then installs no KeyboardInterrupt handler;
+    restoring the default lets the child see Ctrl-C as it would at a terminal."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

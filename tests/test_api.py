@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import mole
+from conftest import child_takes_sigint
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +163,7 @@ def test_ctrl_c_stops_cli_with_exit_130(model_path):
     import time
     p = subprocess.Popen([sys.executable, "-m", "mole", "run", "-m", model_path, "-p", "Hello", "-n", "100000",
                           "-c", "100000", "--temp", "0.8", "--ignore-eos"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=child_takes_sigint)
     try:
         first = p.stdout.read(5)              # generation has started
         assert first == "Hello"

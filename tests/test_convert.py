@@ -25,6 +25,8 @@ from mole_convert.reparam import LutStream, plan_lut
 from mole_convert.testing import make_random_checkpoint, neox_tokenizer_path, random_model, tiny_config
 from mole_convert.tokenizer_meta import TokenizerError, build_tokenizer_meta
 
+from conftest import child_takes_sigint
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHUNK = 96   # fixed LUT chunk: f32 and quantized conversions see the same matmul batches
 TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
@@ -298,7 +300,7 @@ def test_killed_conversion_leaves_no_output(ckpts, tmp_path, sig):
     dst.write_bytes(b"previous file")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(REPO, "python"), os.path.join(REPO, "converter")]))
     p = subprocess.Popen([sys.executable, "-c", _SLOW, str(ckpts.training), str(dst), str(marker)], env=env,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, preexec_fn=child_takes_sigint)
     try:
         deadline = time.time() + 60
         while not marker.exists():

@@ -20,6 +20,8 @@ from mole_convert.convert import convert, main_convert  # noqa: E402
 from mole_convert.testing import _TINY_TEXT, make_random_checkpoint, tiny_config  # noqa: E402
 from mole_convert.train import main as train_main  # noqa: E402
 
+from conftest import child_takes_sigint  # noqa: E402
+
 PAGE = 4096
 STEPS = ["--preset", "tiny", "--threads", "1", "--quiet", "--steps", "12", "--eval-every", "4", "--save-every", "4"]
 
@@ -167,7 +169,7 @@ def test_interrupted_training_keeps_the_last_checkpoint_and_resumes(tmp_path, te
     the temporary file is removed, and --resume goes on from step 4 as the uninterrupted run did."""
     out, marker = tmp_path / "run", tmp_path / "saving"
     p = subprocess.Popen([sys.executable, "-c", _SLOW_SAVE, str(marker), "--data", str(text_file), "--out", str(out),
-                          *STEPS], stderr=subprocess.PIPE, text=True)
+                          *STEPS], stderr=subprocess.PIPE, text=True, preexec_fn=child_takes_sigint)
     try:
         deadline = time.time() + 120
         while not marker.exists():
