@@ -378,3 +378,15 @@ def test_ddp_on_gpus_with_nccl(tmp_path, text_file):
     assert r.returncode == 0, r.stderr[-4000:]
     assert train_log(tmp_path / "two")["train_loss"] == pytest.approx(train_log(tmp_path / "one")["train_loss"],
                                                                       rel=1e-4)
+
+
+def test_types_without_a_torch_quantizer_are_quantized_on_the_host(ckpts):
+    """iq4_nl and q3_k have numpy quantizers only: a LUT of theirs computed on a device must not go through
+    quantize_torch (whose last branch is q4_0's), and asking for it is an error, not other bytes."""
+    for t in ("iq4_nl", "q3_k"):
+        with pytest.raises(ValueError, match="no .* quantizer"):
+            quantize_torch(torch.zeros(2, 256), t)
+    ck = load_checkpoint(ckpts.training)
+    with pytest.raises(ValueError, match="device_quantize"):
+        LutStream(ck, "iq4_nl", chunk_tokens=64, device_quantize=True)
+    assert LutStream(ck, "iq4_nl", chunk_tokens=64).device_quantize is False

@@ -90,7 +90,7 @@ def _quantized_rows(ckpt: Checkpoint, ids: np.ndarray, types) -> dict[str, np.nd
             bs = math.lcm(*(block_size(t) for t in types))
             g = min(L, bs // math.gcd(N * d, bs))
             e = ckpt.get(C.EMBED)[torch.from_numpy(ids)]                                 # [U, d]
-            experts = _Experts(ckpt, keep=False)
+            experts = _Experts(ckpt, keep=False, device=torch.device("cpu"))
             for l0 in range(0, L, g):
                 l1 = min(l0 + g, L)
                 rows = compute_lut_rows(e, [experts.layer(i) for i in range(l0, l1)]).numpy()   # [U, (l1-l0)*N*d]

@@ -274,6 +274,10 @@ def dequantize(data: np.ndarray, type_name: str, n: int) -> np.ndarray:
     return gguf.quants.dequantize(data, ggml_type(type_name)).reshape(-1, n)
 
 
+# The types quantize_torch implements; the LUT of any other type is computed on the device and quantized on the host.
+TORCH_QUANT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
+
+
 def quantize_torch(rows, type_name: str, first_row: int = 0):
     """quantize() in torch, on the rows' own device (the LUT computed on a GPU comes back quantized):
     f32 [T, n] -> uint8 [T, row_bytes], byte-identical to quantize() on the same f32 values.
@@ -284,6 +288,8 @@ def quantize_torch(rows, type_name: str, first_row: int = 0):
     import torch
 
     _check_type(type_name)
+    if type_name not in TORCH_QUANT_TYPES:
+        raise ValueError(f"quantize_torch has no {type_name} quantizer (only {', '.join(TORCH_QUANT_TYPES)})")
     if rows.dim() != 2 or rows.dtype != torch.float32:
         raise ValueError(f"quantize_torch expects f32 rows [T, n], got {rows.dtype} {tuple(rows.shape)}")
     t, n = rows.shape

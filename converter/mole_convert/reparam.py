@@ -18,7 +18,7 @@ from .errors import ConvertError
 from . import checkpoint_names as C
 from .model import compute_lut_rows, expert_params
 from .progress import Progress
-from .quantize import block_size, quantize, quantize_torch, row_bytes
+from .quantize import TORCH_QUANT_TYPES, block_size, quantize, quantize_torch, row_bytes
 
 DEFAULT_MEMORY_BUDGET = 1536 << 20   # bytes for weights held + chunk buffers (peak RSS adds ~0.5 GB of runtime)
 DEFAULT_CUDA_MEMORY_BUDGET = 8 << 30  # VRAM for weights held + chunk buffers on a GPU (convert clips it to free VRAM)
@@ -129,7 +129,12 @@ class LutStream:
         self.nbytes = self.plan.vocab * self.plan.row_bytes
         self.seconds = 0.0
         # rows are quantized where they are computed (a GPU sends back quantized bytes); numpy on the CPU
-        self.device_quantize = self.device.type != "cpu" if device_quantize is None else device_quantize
+        # (iq4_nl and q3_k have numpy quantizers only: their rows come back f32 and are quantized here)
+        if device_quantize is None:
+            device_quantize = self.device.type != "cpu" and lut_type in TORCH_QUANT_TYPES
+        elif device_quantize and lut_type not in TORCH_QUANT_TYPES:
+            raise ValueError(f"device_quantize: quantize_torch has no {lut_type} quantizer")
+        self.device_quantize = device_quantize
 
     def byteswap(self, inplace=False):
         raise ConvertError("the LUT is written little-endian only")
