@@ -403,7 +403,7 @@ def tensor_cases() -> list[Case]:
         Case("row-not-whole-blocks", _variant(_tensor_edit(G.TENSOR_LUT, ne=[N_LAYER * N_EXPERT * D_MODEL + 8, V])),
              r"tensor 'lut.weight': row length 72 is not a multiple of the q8_0 block size 32"),
         Case("unknown-tensor-type", info("type", q, struct.pack("<I", 3)),
-             rf"tensor '{re.escape(q)}': unsupported type 3 \(supported: f32, f16, bf16, q8_0, q4_0\)"),
+             rf"tensor '{re.escape(q)}': unsupported type 3 \(supported: f32, f16, bf16, q8_0, q4_0, iq4_nl, q3_k\)"),
         Case("unknown-tensor-type-huge", info("type", q, struct.pack("<I", 2**31)),
              rf"tensor '{re.escape(q)}': unsupported type 2147483648"),
         Case("tensor-name-empty", _variant(_tensor_edit(q, name="")), r"tensor 2 has an invalid name \(0 bytes\)"),
