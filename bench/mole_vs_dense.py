@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import pathlib
 import subprocess
@@ -26,6 +25,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 import bench_cpu  # noqa: E402  (machine facts)
+import eval_heldout  # noqa: E402  (the books' scores)
 import common  # noqa: E402,F401  (puts the source tree's packages on sys.path when none is installed)
 
 VARIANTS = {"dense": 0, "mole-4e": 4, "mole-16e": 16}
@@ -57,19 +57,11 @@ def convert(name: str, a) -> pathlib.Path:
 
 
 def held_out(path: pathlib.Path, a, n_ctx: int) -> dict:
-    import mole
-    from mole.perplexity import perplexity
-
-    out = {}
-    with mole.Model(str(path), n_ctx=n_ctx, n_threads=a.threads) as m:
-        for f in a.eval_file:
-            r = perplexity(m, f.read_text(encoding="utf-8"), n_ctx)
-            out[f.name] = {"bpb": r.bits_per_byte, "bpb_se": r.bits_per_byte_se, "tokens": r.n_tokens,
-                           "bytes": r.n_bytes}
-    n_bytes = sum(v["bytes"] for v in out.values())
-    bits = sum(v["bpb"] * v["bytes"] for v in out.values())
-    se = math.sqrt(sum((v["bpb_se"] * v["bytes"]) ** 2 for v in out.values()))
-    return {"bpb": bits / n_bytes, "bpb_se": se / n_bytes, "books": out}
+    """eval_heldout's scores of the books: {"bpb", "bpb_se"} over all of them, and "books" one by one."""
+    rows = eval_heldout.evaluate(str(path), {f.name: f.read_text(encoding="utf-8") for f in a.eval_file}, [n_ctx],
+                                 a.threads)[n_ctx]
+    total = rows.pop("all")
+    return {"bpb": total["bpb"], "bpb_se": total["bpb_se"], "books": rows}
 
 
 def speeds(paths: dict[str, pathlib.Path], a, rounds: int = 5) -> dict:

@@ -13,6 +13,11 @@ extern "C" int LLVMFuzzerInitialize(int *argc, char ***argv);
 // tree's python/mole/data/demo.gguf (compiled in).
 const char *fuzz_demo_model();
 
+#include "mole.h"
+// Loads fuzz_demo_model() once per process and stores its vocabulary size in *n_vocab; aborts naming
+// `target` when the file does not load (the harness, not the input, is broken then).
+mole_model *fuzz_load_demo_model(const char *target, int32_t *n_vocab);
+
 // Aborts with a message (a finding) when cond is false: libFuzzer and replay both stop on it.
 #define FUZZ_CHECK(cond, ...)                                       \
     do {                                                            \

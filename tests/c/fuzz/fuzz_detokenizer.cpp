@@ -43,13 +43,7 @@ std::string call(mole_status (*fn)(mole_decoder *, int32_t, char *, size_t, size
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int *, char ***) {
-    if (mole_model_load(fuzz_demo_model(), nullptr, &g_model) != MOLE_STATUS_OK) {
-        std::fprintf(stderr, "fuzz_detokenizer: cannot load %s: %s\n", fuzz_demo_model(), mole_last_error());
-        std::abort();
-    }
-    mole_model_info info;
-    mole_model_get_info(g_model, &info);
-    g_vocab = info.n_vocab;
+    g_model = fuzz_load_demo_model("fuzz_detokenizer", &g_vocab);
     return 0;
 }
 

@@ -16,15 +16,7 @@ int32_t g_vocab = 0;
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int *, char ***) {
-    mole_model_params mp;
-    mole_model_default_params(&mp);
-    if (mole_model_load(fuzz_demo_model(), &mp, &g_model) != MOLE_STATUS_OK) {
-        std::fprintf(stderr, "fuzz_tokenizer: cannot load %s: %s\n", fuzz_demo_model(), mole_last_error());
-        std::abort();
-    }
-    mole_model_info info;
-    mole_model_get_info(g_model, &info);
-    g_vocab = info.n_vocab;
+    g_model = fuzz_load_demo_model("fuzz_tokenizer", &g_vocab);
     return 0;
 }
 
