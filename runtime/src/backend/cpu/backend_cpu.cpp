@@ -135,14 +135,15 @@ public:
                    int64_t n_head_kv, int64_t hd, float *out) override {
         const StepPlan &p = *plan_;
         const int64_t kvd = kv.kv_dim, qd = n_head * hd;
-        for (int32_t g = 0; g < p.n_groups; ++g) {
+        attn_seqs_.resize(size_t(p.n_groups));
+        for (int32_t g = 0; g < p.n_groups; ++g) {   // each group: one sequence's rows of the step
             const int32_t r0 = p.group_start[g], len = p.group_len[g], pos0 = p.pos[r0];
             float *kc = kv.k_at(p.group_seq[g], layer), *vc = kv.v_at(p.group_seq[g], layer);
             std::memcpy(kc + int64_t(pos0) * kvd, k + int64_t(r0) * kvd, sizeof(float) * size_t(len * kvd));
             std::memcpy(vc + int64_t(pos0) * kvd, v + int64_t(r0) * kvd, sizeof(float) * size_t(len * kvd));
-            cpu::attention(q + int64_t(r0) * qd, kc, vc, kvd, out + int64_t(r0) * qd, len, pos0, n_head, n_head_kv, hd,
-                           &pool_);
+            attn_seqs_[size_t(g)] = cpu::AttnSeq{q + int64_t(r0) * qd, kc, vc, out + int64_t(r0) * qd, len, pos0};
         }
+        cpu::attention_seqs(attn_seqs_.data(), p.n_groups, kvd, n_head, n_head_kv, hd, &pool_);
     }
 
     void softmax(float *x, int64_t S, int64_t n) override { cpu::softmax(x, S, n); }
@@ -214,6 +215,7 @@ private:
     int32_t populated_ = 0;            // slots [0, populated_) have their pages
     std::vector<uint8_t> embd_raw_;    // one embedding row as read from the file
     std::vector<float> mix_tmp_;       // [threads, N*d + 512] one layer's slice per thread
+    std::vector<cpu::AttnSeq> attn_seqs_;   // [groups] the step's sequences for one attention dispatch
 };
 
 Status probe(int32_t) { return MOLE_STATUS_OK; }

@@ -185,8 +185,8 @@ void matmul_multi(const MatmulOut *outs, int n_outs, int64_t k, const float *X, 
             std::max<int64_t>(kRowAlign, (16384 / std::max<int64_t>(args[i].wrow, 1)) / kRowAlign * kRowAlign);
         if (S > kSChunk) rc = std::min<int64_t>(rc, 128);
         rc = std::max(rc, std::min(min_rows, n));
-        // q8x16 decode tiles are 4 groups of 16 rows
-        const int64_t align = args[i].packed && S == 1 ? 4 * kRowAlign : kRowAlign;
+        // q8x16 decode and batch tiles are 4 groups of 16 rows
+        const int64_t align = args[i].packed && S <= kQ8x16BatchRows ? 4 * kRowAlign : kRowAlign;
         rc = std::max<int64_t>(1, (rc + align - 1) / align * align);
         r_chunk[i] = rc;
         r_chunks[i] = (n + rc - 1) / rc;
@@ -340,7 +340,13 @@ void softmax(float *x, int64_t S, int64_t n) {
 
 void attention(const float *q, const float *k, const float *v, int64_t kv_stride, float *out, int64_t S, int64_t pos0,
                int64_t n_head, int64_t n_head_kv, int64_t hd, ThreadPool *pool) {
-    if (S <= 0 || n_head <= 0 || n_head_kv <= 0) return;
+    const AttnSeq one{q, k, v, out, S, pos0};
+    attention_seqs(&one, 1, kv_stride, n_head, n_head_kv, hd, pool);
+}
+
+void attention_seqs(const AttnSeq *seqs, int n_seqs, int64_t kv_stride, int64_t n_head, int64_t n_head_kv, int64_t hd,
+                    ThreadPool *pool) {
+    if (n_seqs <= 0 || n_head <= 0 || n_head_kv <= 0) return;
     const bool simd = active_isa() != Isa::Portable;
     auto scores_fn = simd ? attn_scores_avx2 : attn_scores_portable;
     auto accum_fn = simd ? attn_accum_avx2 : attn_accum_portable;
@@ -348,16 +354,28 @@ void attention(const float *q, const float *k, const float *v, int64_t kv_stride
     const int64_t group = n_head / n_head_kv;
     const float scale = float(1.0 / std::sqrt(double(hd)));
     constexpr int64_t kQChunk = 16;   // queries per task
-    const int64_t q_chunks = (S + kQChunk - 1) / kQChunk;
+    // tasks of sequence i: first[i] .. first[i + 1], n_head per chunk of queries
+    static thread_local std::vector<int64_t> first;
+    first.assign(size_t(n_seqs) + 1, 0);
+    for (int i = 0; i < n_seqs; ++i)
+        first[size_t(i) + 1] = first[size_t(i)] + n_head * ((std::max<int64_t>(seqs[i].S, 0) + kQChunk - 1) / kQChunk);
+    const int64_t *firsts = first.data();   // (the workers' thread_local is another vector)
 
     const Isa isa = active_isa();
     auto block_fn = isa == Isa::Avx512 ? attention_block_avx512 : attention_block_avx2;
     const bool blocked = isa != Isa::Portable;
     auto run = [&](int64_t task, int) {
+        int i = 0;
+        while (task >= firsts[i + 1]) ++i;
+        const AttnSeq &sq = seqs[i];
+        task -= firsts[i];
+        const int64_t q_chunks = (sq.S + kQChunk - 1) / kQChunk;
         const int64_t h = task % n_head, qc = q_chunks - 1 - task / n_head;   // longest rows first
-        const int64_t kvh = h / group;
+        const int64_t kvh = h / group, pos0 = sq.pos0;
         static thread_local std::vector<float> scores;   // [T], or the blocked path's scratch
-        const int64_t T = pos0 + S, s0 = qc * kQChunk, nq = std::min(S, s0 + kQChunk) - s0;
+        const int64_t T = pos0 + sq.S, s0 = qc * kQChunk, nq = std::min(sq.S, s0 + kQChunk) - s0;
+        const float *k = sq.k, *v = sq.v, *q = sq.q;
+        float *out = sq.out;
         if (blocked && nq >= 4) {   // queries in SIMD lanes: no horizontal sum per key
             const size_t need = size_t((T + hd) * kQChunk);
             if (scores.size() < need) scores.resize(need);
@@ -375,11 +393,11 @@ void attention(const float *q, const float *k, const float *v, int64_t kv_stride
             float *o = out + (s * n_head + h) * hd;
             accum_fn(sc, v + kvh * hd, kv_stride, n_keys, hd, o);
             const float inv = float(1.0 / sum);
-            for (int64_t i = 0; i < hd; ++i) o[i] *= inv;
+            for (int64_t e = 0; e < hd; ++e) o[e] *= inv;
         }
     };
-    const int64_t n_tasks = n_head * q_chunks;
-    if (pool && pool->size() > 1)
+    const int64_t n_tasks = firsts[n_seqs];
+    if (pool && pool->size() > 1 && n_tasks > 1)
         pool->parallel_for(n_tasks, std::ref(run));
     else
         for (int64_t t = 0; t < n_tasks; ++t) run(t, 0);

@@ -59,6 +59,16 @@ void softmax(float *x, int64_t S, int64_t n);
 // positions 0 .. pos0+s.
 void attention(const float *q, const float *k, const float *v, int64_t kv_stride, float *out, int64_t S, int64_t pos0,
                int64_t n_head, int64_t n_head_kv, int64_t hd, ThreadPool *pool);
+// The same for several sequences in one dispatch over pool (a decode step of n sequences is then
+// one fork and join per layer, not n): sequence i is attention(q, k, v, kv_stride, out, S, pos0, ...)
+// with seqs[i]'s fields.
+struct AttnSeq {
+    const float *q, *k, *v;
+    float *out;
+    int64_t S, pos0;
+};
+void attention_seqs(const AttnSeq *seqs, int n_seqs, int64_t kv_stride, int64_t n_head, int64_t n_head_kv, int64_t hd,
+                    ThreadPool *pool);
 
 // MoLE mix: out[d] += sum_j g[j] * rows[j, d], rows = the token's N expert outputs for one layer.
 void lut_mix(const float *g, const float *rows, int64_t N, int64_t d, float *out);

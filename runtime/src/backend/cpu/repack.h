@@ -20,6 +20,9 @@
 namespace mole::cpu {
 
 constexpr int64_t kQ8x16Rows = 16;
+// Steps of up to this many activation rows (decode of one or a batch of sequences) stream 4
+// groups at a time, each block read once for up to 8 rows; larger S take the prompt tiles.
+constexpr int64_t kQ8x16BatchRows = 16;
 
 // Bytes of one group of 16 rows and where its qs start.
 inline int64_t q8x16_scale_bytes(int64_t k) { return (k / QK * kQ8x16Rows * 2 + 63) / 64 * 64; }
