@@ -129,6 +129,75 @@ template <class D, int G> void decode(const Q8x16Args &a, int64_t g0, int64_t s,
     for (int i = 0; i < 2 * G; ++i) store_rows(a, 2 * g0 + i, s, r_end, acc[i]);
 }
 
+// Decode of a batch: groups g0 .. g0+4 (8 halves, 4 streams, prefetched as in decode) against
+// C <= 4 X rows, each block of the streams read once for the C rows. One group at a time holds its
+// 2 x C integer sums in registers (the loops unrolled by force, as on AVX-512); the 8 x C float
+// sums live in L1, touched once a block.
+template <class D, int C> void batch(const Q8x16Args &a, int64_t g0, int64_t s, int64_t r_end) {
+    constexpr int G = 4;
+    const int64_t nb = a.k / QK;
+    Half hs[2 * G];
+    for (int i = 0; i < 2 * G; ++i) hs[i] = Half(a, 2 * g0 + i);
+    const int8_t *xq[C];
+    const float *xd[C];
+    const int32_t *xs[C];
+    for (int j = 0; j < C; ++j) {
+        xq[j] = a.xq.q + (s + j) * a.k;
+        xd[j] = a.xq.d + (s + j) * nb;
+        xs[j] = a.xq.sum + (s + j) * nb;
+    }
+    __m256 acc[2 * G][C];
+    for (int i = 0; i < 2 * G; ++i)
+        for (int j = 0; j < C; ++j) acc[i][j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+#pragma GCC unroll 4
+        for (int g = 0; g < G; ++g) {
+            const uint8_t *p = hs[2 * g].qs + (b + 2) * 512;
+            for (int l = 0; l < 512; l += 64) _mm_prefetch(reinterpret_cast<const char *>(p + l), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char *>(hs[2 * g].scales + (b + 8) * 32), _MM_HINT_T0);
+        }
+#pragma GCC unroll 4
+        for (int g = 0; g < G; ++g) {
+            __m256i dot[2][C];
+#pragma GCC unroll 4
+            for (int j = 0; j < C; ++j) dot[0][j] = dot[1][j] = D::init(xs[j][b]);
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; ++c) {
+                const typename D::W w0 = D::prep(hs[2 * g].line(b, c)), w1 = D::prep(hs[2 * g + 1].line(b, c));
+#pragma GCC unroll 4
+                for (int j = 0; j < C; ++j) {
+                    const __m256i x = _mm256_set1_epi32(load_i32(xq[j] + b * QK + 4 * c));
+                    dot[0][j] = D::step(dot[0][j], w0, x);
+                    dot[1][j] = D::step(dot[1][j], w1, x);
+                }
+            }
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; ++h) {
+                const __m256 dw = hs[2 * g + h].scale(b);
+#pragma GCC unroll 4
+                for (int j = 0; j < C; ++j)
+                    acc[2 * g + h][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[h][j]),
+                                                        _mm256_mul_ps(dw, _mm256_set1_ps(xd[j][b])), acc[2 * g + h][j]);
+            }
+        }
+    }
+    for (int i = 0; i < 2 * G; ++i)
+        for (int j = 0; j < C; ++j) store_rows(a, 2 * g0 + i, s + j, r_end, acc[i][j]);
+}
+
+// Groups g0 .. g0+4 against X rows s0 .. s1 in batch tiles of up to 4 rows (the first streams the
+// groups from memory, the others find them in L2).
+template <class D> void batch_groups(const Q8x16Args &a, int64_t g0, int64_t s0, int64_t s1, int64_t r_end) {
+    for (int64_t s = s0; s < s1; s += 4) {
+        switch (s1 - s) {
+        case 1: decode<D, 4>(a, g0, s, r_end); break;
+        case 2: batch<D, 2>(a, g0, s, r_end); break;
+        case 3: batch<D, 3>(a, g0, s, r_end); break;
+        default: batch<D, 4>(a, g0, s, r_end); break;
+        }
+    }
+}
+
 // Halves h0 .. h0+H against X rows s0 .. s1 in tiles of H halves x up to C rows.
 template <class D, int H, int C> void halves(const Q8x16Args &a, int64_t h0, int64_t s0, int64_t s1, int64_t r_end) {
     int64_t s = s0;
@@ -153,6 +222,8 @@ template <class D> void matmul(const Q8x16Args &a, int64_t r0, int64_t r1, int64
         for (; g < g1; ++g) decode<D, 1>(a, g, s0, r1);
         return;
     }
+    if (s1 - s0 <= kQ8x16BatchRows)   // decode of a batch of sequences: the same 4 streams
+        for (; g + 4 <= g1; g += 4) batch_groups<D>(a, g, s0, s1, r1);
     const int64_t h1 = (r1 + 7) / 8;   // halves wholly past r1 are skipped
     int64_t h = 2 * g;
     for (; h + D::kH <= h1; h += D::kH) halves<D, D::kH, D::kC>(a, h, s0, s1, r1);
