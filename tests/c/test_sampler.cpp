@@ -1,7 +1,9 @@
 // Sampler tests: pinned RNG stream, determinism, greedy and ties, each filter's effect on a known
 // distribution, empirical frequencies vs softmax, repetition penalty window, errors, and no heap
 // allocation per sample (global operator new is counted).
+#include <algorithm>
 #include <atomic>
+#include <numeric>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -238,11 +240,40 @@ static void test_no_allocation() {
     }
 }
 
+// top-k over a large vocabulary (the one-pass heap selection when k <= V / 16, nth_element
+// otherwise) keeps exactly the k best by (logit, then lower id): the same draws as a sampler
+// without top-k on logits where every other candidate is -inf. Many ties, so the id order matters.
+static void test_top_k_large_vocab() {
+    const int32_t V = 8192;
+    std::vector<float> logits((size_t)V);
+    for (int32_t i = 0; i < V; i++) logits[(size_t)i] = (float)((i * 2654435761u >> 7) % 61) * 0.25f;
+    for (int32_t k : {1, 40, 511, 512, 600}) {
+        std::vector<int32_t> ids((size_t)V);
+        std::iota(ids.begin(), ids.end(), 0);
+        std::stable_sort(ids.begin(), ids.end(),
+                         [&](int32_t a, int32_t b) { return logits[(size_t)a] > logits[(size_t)b]; });
+        std::vector<float> masked((size_t)V, -INFINITY);
+        for (int32_t j = 0; j < k; j++) masked[(size_t)ids[(size_t)j]] = logits[(size_t)ids[(size_t)j]];
+        auto a = make(params(1.5f, k, 0.99f, 0.0f, 7)), b = make(params(1.5f, 0, 0.99f, 0.0f, 7));
+        bool same = true;
+        for (int i = 0; i < 300; i++) same &= draw(*a, logits) == draw(*b, masked);
+        CHECK(same);
+        // near-uniform over the kept set (temperature 1000): every draw is in it, and all of it is drawn
+        auto u = make(params(1000.0f, k, 1.0f, 0.0f, 8));
+        std::vector<int> seen((size_t)V, 0);
+        for (int i = 0; i < 24 * k + 100; i++) seen[(size_t)draw(*u, logits)]++;
+        int inside = 0, outside = 0;
+        for (int32_t t = 0; t < V; t++) (masked[(size_t)t] == -INFINITY ? outside : inside) += seen[(size_t)t] > 0;
+        CHECK(outside == 0 && inside == k);
+    }
+}
+
 int main() {
     test_rng();
     test_determinism();
     test_greedy();
     test_filters();
+    test_top_k_large_vocab();
     test_softmax_frequencies();
     test_repetition_penalty();
     test_errors();
