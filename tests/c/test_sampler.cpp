@@ -3,12 +3,12 @@
 // allocation per sample (global operator new is counted).
 #include <algorithm>
 #include <atomic>
-#include <numeric>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <numeric>
 #include <vector>
 
 #include "sampler.h"
