@@ -18,29 +18,44 @@ inline int32_t load_i32(const int8_t *p) {
     return v;
 }
 
+// Where groups g0 .. g0+G keep their scales and qs.
+template <int G> struct Groups {
+    const uint8_t *scales[G], *qs[G];
+    Groups(const Q8x16Args &a, int64_t g0) {
+        for (int i = 0; i < G; ++i) {
+            scales[i] = a.W + (g0 + i) * q8x16_group_bytes(a.k);
+            qs[i] = scales[i] + q8x16_scale_bytes(a.k);
+        }
+    }
+};
+
+// Y[s .. s+C, rows of groups g0 .. g0+G) = acc (rows past r_end are not stored).
+template <int G, int C>
+void store(const Q8x16Args &a, int64_t g0, int64_t s, int64_t r_end, const __m512 (&acc)[G][C]) {
+    for (int i = 0; i < G; ++i) {
+        const int64_t r = (g0 + i) * kQ8x16Rows;
+        if (r + kQ8x16Rows <= r_end) {
+            for (int j = 0; j < C; ++j) _mm512_storeu_ps(a.Y + (s + j) * a.n + r, acc[i][j]);
+        } else {
+            const __mmask16 m = __mmask16((1u << (r_end - r)) - 1);
+            for (int j = 0; j < C; ++j) _mm512_mask_storeu_ps(a.Y + (s + j) * a.n + r, m, acc[i][j]);
+        }
+    }
+}
+
 // Y[s .. s+C, rows of groups g0 .. g0+G) (rows past r_end are not stored).
 template <int G, int C> void tile(const Q8x16Args &a, int64_t g0, int64_t s, int64_t r_end) {
-    const int64_t nb = a.k / QK, gbytes = q8x16_group_bytes(a.k), sbytes = q8x16_scale_bytes(a.k);
-    const uint8_t *scales[G], *qs[G];
-    for (int i = 0; i < G; ++i) {
-        scales[i] = a.W + (g0 + i) * gbytes;
-        qs[i] = scales[i] + sbytes;
-    }
-    const int8_t *xq[C];
-    const float *xd[C];
-    const int32_t *xs[C];
-    for (int j = 0; j < C; ++j) {
-        xq[j] = a.xq.q + (s + j) * a.k;
-        xd[j] = a.xq.d + (s + j) * nb;
-        xs[j] = a.xq.sum + (s + j) * nb;
-    }
+    const int64_t nb = a.k / QK;
+    const Groups<G> gr(a, g0);
+    const uint8_t *const *scales = gr.scales, *const *qs = gr.qs;
+    const Q8x16XRows<C> xr(a, s);
     __m512 acc[G][C];
     for (int i = 0; i < G; ++i)
         for (int j = 0; j < C; ++j) acc[i][j] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         __m512i dot[G][C];
         for (int j = 0; j < C; ++j) {
-            const __m512i init = _mm512_set1_epi32(-128 * xs[j][b]);   // removes the +128 of the weights
+            const __m512i init = _mm512_set1_epi32(-128 * xr.sum[j][b]);   // removes the +128 of the weights
             for (int i = 0; i < G; ++i) dot[i][j] = init;
         }
         if constexpr (C == 1) {   // decode streams the weights: ask for the block after next early
@@ -53,26 +68,18 @@ template <int G, int C> void tile(const Q8x16Args &a, int64_t g0, int64_t s, int
             __m512i w[G];
             for (int i = 0; i < G; ++i) w[i] = _mm512_load_si512(qs[i] + b * 512 + c * 64);
             for (int j = 0; j < C; ++j) {
-                const __m512i x = _mm512_set1_epi32(load_i32(xq[j] + b * QK + 4 * c));
+                const __m512i x = _mm512_set1_epi32(load_i32(xr.q[j] + b * QK + 4 * c));
                 for (int i = 0; i < G; ++i) dot[i][j] = _mm512_dpbusd_epi32(dot[i][j], w[i], x);
             }
         }
         for (int i = 0; i < G; ++i) {
             const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i *>(scales[i] + b * 32)));
             for (int j = 0; j < C; ++j)
-                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][j]), _mm512_mul_ps(dw, _mm512_set1_ps(xd[j][b])),
-                                            acc[i][j]);
+                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][j]),
+                                            _mm512_mul_ps(dw, _mm512_set1_ps(xr.d[j][b])), acc[i][j]);
         }
     }
-    for (int i = 0; i < G; ++i) {
-        const int64_t r = (g0 + i) * kQ8x16Rows;
-        if (r + kQ8x16Rows <= r_end) {
-            for (int j = 0; j < C; ++j) _mm512_storeu_ps(a.Y + (s + j) * a.n + r, acc[i][j]);
-        } else {
-            const __mmask16 m = __mmask16((1u << (r_end - r)) - 1);
-            for (int j = 0; j < C; ++j) _mm512_mask_storeu_ps(a.Y + (s + j) * a.n + r, m, acc[i][j]);
-        }
-    }
+    store<G, C>(a, g0, s, r_end, acc);
 }
 
 // Decode of a batch: 4 groups x C <= 4 activation rows (sequences of one step), each block of the
@@ -81,20 +88,10 @@ template <int G, int C> void tile(const Q8x16Args &a, int64_t g0, int64_t s, int
 // are unrolled by force: left to itself GCC kept the sums in memory).
 template <int C> void batch_tile(const Q8x16Args &a, int64_t g0, int64_t s, int64_t r_end) {
     constexpr int G = 4;
-    const int64_t nb = a.k / QK, gbytes = q8x16_group_bytes(a.k), sbytes = q8x16_scale_bytes(a.k);
-    const uint8_t *scales[G], *qs[G];
-    for (int i = 0; i < G; ++i) {
-        scales[i] = a.W + (g0 + i) * gbytes;
-        qs[i] = scales[i] + sbytes;
-    }
-    const int8_t *xq[C];
-    const float *xd[C];
-    const int32_t *xs[C];
-    for (int j = 0; j < C; ++j) {
-        xq[j] = a.xq.q + (s + j) * a.k;
-        xd[j] = a.xq.d + (s + j) * nb;
-        xs[j] = a.xq.sum + (s + j) * nb;
-    }
+    const int64_t nb = a.k / QK;
+    const Groups<G> gr(a, g0);
+    const uint8_t *const *scales = gr.scales, *const *qs = gr.qs;
+    const Q8x16XRows<C> xr(a, s);
     __m512 acc[G][C];
     for (int i = 0; i < G; ++i)
         for (int j = 0; j < C; ++j) acc[i][j] = _mm512_setzero_ps();
@@ -109,7 +106,7 @@ template <int C> void batch_tile(const Q8x16Args &a, int64_t g0, int64_t s, int6
             __m512i dot[2][C];
 #pragma GCC unroll 8
             for (int j = 0; j < C; ++j) {
-                const __m512i init = _mm512_set1_epi32(-128 * xs[j][b]);   // removes the +128 of the weights
+                const __m512i init = _mm512_set1_epi32(-128 * xr.sum[j][b]);   // removes the +128 of the weights
                 dot[0][j] = init;
                 dot[1][j] = init;
             }
@@ -119,7 +116,7 @@ template <int C> void batch_tile(const Q8x16Args &a, int64_t g0, int64_t s, int6
                 const __m512i w1 = _mm512_load_si512(qs[i0 + 1] + b * 512 + c * 64);
 #pragma GCC unroll 8
                 for (int j = 0; j < C; ++j) {
-                    const __m512i x = _mm512_set1_epi32(load_i32(xq[j] + b * QK + 4 * c));
+                    const __m512i x = _mm512_set1_epi32(load_i32(xr.q[j] + b * QK + 4 * c));
                     dot[0][j] = _mm512_dpbusd_epi32(dot[0][j], w0, x);
                     dot[1][j] = _mm512_dpbusd_epi32(dot[1][j], w1, x);
                 }
@@ -131,19 +128,11 @@ template <int C> void batch_tile(const Q8x16Args &a, int64_t g0, int64_t s, int6
 #pragma GCC unroll 8
                 for (int j = 0; j < C; ++j)
                     acc[i0 + h][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[h][j]),
-                                                     _mm512_mul_ps(dw, _mm512_set1_ps(xd[j][b])), acc[i0 + h][j]);
+                                                     _mm512_mul_ps(dw, _mm512_set1_ps(xr.d[j][b])), acc[i0 + h][j]);
             }
         }
     }
-    for (int i = 0; i < G; ++i) {
-        const int64_t r = (g0 + i) * kQ8x16Rows;
-        if (r + kQ8x16Rows <= r_end) {
-            for (int j = 0; j < C; ++j) _mm512_storeu_ps(a.Y + (s + j) * a.n + r, acc[i][j]);
-        } else {
-            const __mmask16 m = __mmask16((1u << (r_end - r)) - 1);
-            for (int j = 0; j < C; ++j) _mm512_mask_storeu_ps(a.Y + (s + j) * a.n + r, m, acc[i][j]);
-        }
-    }
+    store<G, C>(a, g0, s, r_end, acc);
 }
 
 // 4 groups against X rows s0 .. s1 (at most kQ8x16BatchRows) in batch tiles of up to 4 rows: the

@@ -56,36 +56,29 @@ template <class D, int H, int C> void tile(const Q8x16Args &a, int64_t h0, int64
     const int64_t nb = a.k / QK;
     Half hs[H];
     for (int i = 0; i < H; ++i) hs[i] = Half(a, h0 + i);
-    const int8_t *xq[C];
-    const float *xd[C];
-    const int32_t *xs[C];
-    for (int j = 0; j < C; ++j) {
-        xq[j] = a.xq.q + (s + j) * a.k;
-        xd[j] = a.xq.d + (s + j) * nb;
-        xs[j] = a.xq.sum + (s + j) * nb;
-    }
+    const Q8x16XRows<C> xr(a, s);
     __m256 acc[H][C];
     for (int i = 0; i < H; ++i)
         for (int j = 0; j < C; ++j) acc[i][j] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         __m256i dot[H][C];
         for (int j = 0; j < C; ++j) {
-            const __m256i init = D::init(xs[j][b]);
+            const __m256i init = D::init(xr.sum[j][b]);
             for (int i = 0; i < H; ++i) dot[i][j] = init;
         }
         for (int c = 0; c < 8; ++c) {
             typename D::W w[H];
             for (int i = 0; i < H; ++i) w[i] = D::prep(hs[i].line(b, c));
             for (int j = 0; j < C; ++j) {
-                const __m256i x = _mm256_set1_epi32(load_i32(xq[j] + b * QK + 4 * c));
+                const __m256i x = _mm256_set1_epi32(load_i32(xr.q[j] + b * QK + 4 * c));
                 for (int i = 0; i < H; ++i) dot[i][j] = D::step(dot[i][j], w[i], x);
             }
         }
         for (int i = 0; i < H; ++i) {
             const __m256 dw = hs[i].scale(b);
             for (int j = 0; j < C; ++j)
-                acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[i][j]), _mm256_mul_ps(dw, _mm256_set1_ps(xd[j][b])),
-                                            acc[i][j]);
+                acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[i][j]),
+                                            _mm256_mul_ps(dw, _mm256_set1_ps(xr.d[j][b])), acc[i][j]);
         }
     }
     for (int i = 0; i < H; ++i)
@@ -138,14 +131,7 @@ template <class D, int C> void batch(const Q8x16Args &a, int64_t g0, int64_t s, 
     const int64_t nb = a.k / QK;
     Half hs[2 * G];
     for (int i = 0; i < 2 * G; ++i) hs[i] = Half(a, 2 * g0 + i);
-    const int8_t *xq[C];
-    const float *xd[C];
-    const int32_t *xs[C];
-    for (int j = 0; j < C; ++j) {
-        xq[j] = a.xq.q + (s + j) * a.k;
-        xd[j] = a.xq.d + (s + j) * nb;
-        xs[j] = a.xq.sum + (s + j) * nb;
-    }
+    const Q8x16XRows<C> xr(a, s);
     __m256 acc[2 * G][C];
     for (int i = 0; i < 2 * G; ++i)
         for (int j = 0; j < C; ++j) acc[i][j] = _mm256_setzero_ps();
@@ -160,13 +146,13 @@ template <class D, int C> void batch(const Q8x16Args &a, int64_t g0, int64_t s, 
         for (int g = 0; g < G; ++g) {
             __m256i dot[2][C];
 #pragma GCC unroll 4
-            for (int j = 0; j < C; ++j) dot[0][j] = dot[1][j] = D::init(xs[j][b]);
+            for (int j = 0; j < C; ++j) dot[0][j] = dot[1][j] = D::init(xr.sum[j][b]);
 #pragma GCC unroll 8
             for (int c = 0; c < 8; ++c) {
                 const typename D::W w0 = D::prep(hs[2 * g].line(b, c)), w1 = D::prep(hs[2 * g + 1].line(b, c));
 #pragma GCC unroll 4
                 for (int j = 0; j < C; ++j) {
-                    const __m256i x = _mm256_set1_epi32(load_i32(xq[j] + b * QK + 4 * c));
+                    const __m256i x = _mm256_set1_epi32(load_i32(xr.q[j] + b * QK + 4 * c));
                     dot[0][j] = D::step(dot[0][j], w0, x);
                     dot[1][j] = D::step(dot[1][j], w1, x);
                 }
@@ -176,8 +162,9 @@ template <class D, int C> void batch(const Q8x16Args &a, int64_t g0, int64_t s, 
                 const __m256 dw = hs[2 * g + h].scale(b);
 #pragma GCC unroll 4
                 for (int j = 0; j < C; ++j)
-                    acc[2 * g + h][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[h][j]),
-                                                        _mm256_mul_ps(dw, _mm256_set1_ps(xd[j][b])), acc[2 * g + h][j]);
+                    acc[2 * g + h][j] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[h][j]), _mm256_mul_ps(dw, _mm256_set1_ps(xr.d[j][b])),
+                                        acc[2 * g + h][j]);
             }
         }
     }

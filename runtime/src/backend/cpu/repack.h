@@ -43,6 +43,20 @@ struct Q8x16Args {
     Q8Rows xq;   // [S, k]
     float *Y;   // [S, n]
 };
+// Where C consecutive q8 activation rows s .. s+C of a start: their values, block scales, block sums.
+template <int C> struct Q8x16XRows {
+    const int8_t *q[C];
+    const float *d[C];
+    const int32_t *sum[C];
+    Q8x16XRows(const Q8x16Args &a, int64_t s) {
+        const int64_t nb = a.k / QK;
+        for (int j = 0; j < C; ++j) {
+            q[j] = a.xq.q + (s + j) * a.k;
+            d[j] = a.xq.d + (s + j) * nb;
+            sum[j] = a.xq.sum + (s + j) * nb;
+        }
+    }
+};
 void matmul_q8x16_portable(const Q8x16Args &a, int64_t r0, int64_t r1, int64_t s0, int64_t s1);
 void matmul_q8x16_avx512(const Q8x16Args &a, int64_t r0, int64_t r1, int64_t s0, int64_t s1);
 void matmul_q8x16_avxvnni(const Q8x16Args &a, int64_t r0, int64_t r1, int64_t s0, int64_t s1);   // ymm vpdpbusd
