@@ -67,6 +67,10 @@ void lut_mix_q8_0_avx512(const float *g, const BlockQ8_0 *blocks, int64_t N, int
 // The same over IQ4_NL values (d a multiple of 32) and Q3_K values (d a multiple of 256).
 void lut_mix_iq4_nl_avx512(const float *g, const BlockIQ4_NL *blocks, int64_t N, int64_t d, float *out);
 void lut_mix_q3_k_avx512(const float *g, const BlockQ3_K *blocks, int64_t N, int64_t d, float *out);
+// The same three with AVX2 (identical results: the same fma per value in the same order).
+void lut_mix_q8_0_avx2(const float *g, const BlockQ8_0 *blocks, int64_t N, int64_t d, float *out);
+void lut_mix_iq4_nl_avx2(const float *g, const BlockIQ4_NL *blocks, int64_t N, int64_t d, float *out);
+void lut_mix_q3_k_avx2(const float *g, const BlockQ3_K *blocks, int64_t N, int64_t d, float *out);
 
 // gelu (erf form) in place with AVX-512 / AVX2; relative error ~1e-7 of the exact value for
 // every x (the same branch-free erfc, 16 or 8 lanes at a time).

@@ -287,13 +287,18 @@ void lut_mix(const float *g, const float *rows, int64_t N, int64_t d, float *out
 
 void lut_mix_raw(Type type, const float *g, const uint8_t *src, int64_t skip, int64_t N, int64_t d, float *scratch,
                  float *out) {
-    if (skip == 0 && active_isa() == Isa::Avx512) {   // fused where each expert is whole blocks
+    const Isa isa = active_isa();
+    if (skip == 0 && isa != Isa::Portable) {   // fused where each expert is whole blocks
+        const bool wide = isa == Isa::Avx512;
         if (type == Type::Q8_0 && d % QK == 0)
-            return lut_mix_q8_0_avx512(g, reinterpret_cast<const BlockQ8_0 *>(src), N, d, out);
+            return (wide ? lut_mix_q8_0_avx512 : lut_mix_q8_0_avx2)(g, reinterpret_cast<const BlockQ8_0 *>(src), N, d,
+                                                                    out);
         if (type == Type::IQ4_NL && d % QK == 0)
-            return lut_mix_iq4_nl_avx512(g, reinterpret_cast<const BlockIQ4_NL *>(src), N, d, out);
+            return (wide ? lut_mix_iq4_nl_avx512 : lut_mix_iq4_nl_avx2)(g, reinterpret_cast<const BlockIQ4_NL *>(src),
+                                                                        N, d, out);
         if (type == Type::Q3_K && d % QK_K == 0)
-            return lut_mix_q3_k_avx512(g, reinterpret_cast<const BlockQ3_K *>(src), N, d, out);
+            return (wide ? lut_mix_q3_k_avx512 : lut_mix_q3_k_avx2)(g, reinterpret_cast<const BlockQ3_K *>(src), N, d,
+                                                                    out);
     }
     int64_t be = 1;
     type_traits(uint32_t(type), &be, nullptr);

@@ -74,8 +74,8 @@ void attention_seqs(const AttnSeq *seqs, int n_seqs, int64_t kv_stride, int64_t 
 void lut_mix(const float *g, const float *rows, int64_t N, int64_t d, float *out);
 // The same from the row's file bytes: rows = N*d elements of `type` that start `skip` elements
 // into the blocks at src. Q8_0 / IQ4_NL (d a multiple of 32) and Q3_K (d a multiple of 256) with
-// skip 0 are fused on AVX-512 (no f32 copy); otherwise the slice is dequantized into scratch
-// (>= N*d + 2 * kMaxBlockElems floats) first.
+// skip 0 are fused on AVX2 and AVX-512 (no f32 copy; the same results on both); otherwise the
+// slice is dequantized into scratch (>= N*d + 2 * kMaxBlockElems floats) first.
 void lut_mix_raw(Type type, const float *g, const uint8_t *src, int64_t skip, int64_t N, int64_t d, float *scratch,
                  float *out);
 
