@@ -250,8 +250,12 @@ static void test_top_k_large_vocab() {
     for (int32_t k : {1, 40, 511, 512, 600}) {
         std::vector<int32_t> ids((size_t)V);
         std::iota(ids.begin(), ids.end(), 0);
-        std::stable_sort(ids.begin(), ids.end(),
-                         [&](int32_t a, int32_t b) { return logits[(size_t)a] > logits[(size_t)b]; });
+        // by logit, ties by lower id (std::sort: stable_sort's buffer comes from the nothrow operator new,
+        // which this file does not replace, and would be freed by the replaced delete)
+        std::sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) {
+            const float la = logits[(size_t)a], lb = logits[(size_t)b];
+            return la > lb || (la == lb && a < b);
+        });
         std::vector<float> masked((size_t)V, -INFINITY);
         for (int32_t j = 0; j < k; j++) masked[(size_t)ids[(size_t)j]] = logits[(size_t)ids[(size_t)j]];
         auto a = make(params(1.5f, k, 0.99f, 0.0f, 7)), b = make(params(1.5f, 0, 0.99f, 0.0f, 7));
