@@ -28,7 +28,9 @@ def greedy(m, prompt, n):
 def main(out, paths):
     arrays = {}
     for i, path in enumerate(paths):
-        with mole.Model(path, n_ctx=128, n_threads=2) as cpu, mole.Model(path, n_ctx=128, device="cuda") as gpu:
+        # the CPU with CUDA's f32 KV cache, so that the two differ only by their kernels
+        with mole.Model(path, n_ctx=128, n_threads=2, kv_type="f32") as cpu, \
+                mole.Model(path, n_ctx=128, device="cuda") as gpu:
             arrays[f"cpu{i}"], arrays[f"gpu{i}"] = cpu.logits(IDS), gpu.logits(IDS)
             first = gpu.stats()
             gpu.logits(IDS)   # again: every row is in the VRAM cache now

@@ -13,7 +13,7 @@ from mole import gguf_names as G
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n")
-CONTEXT = ("n_ctx", "n_seq_max", "n_threads", "n_batch", "lut_cache_mb")
+CONTEXT = ("n_ctx", "n_seq_max", "n_threads", "n_batch", "lut_cache_mb", "type_kv")
 # Defaults unlike the library's, each exactly representable in float32.
 ODD_SAMPLING = dict(temperature=0.5, top_k=7, top_p=0.75, min_p=0.125, repeat_penalty=1.25, repeat_last_n=9)
 
@@ -157,6 +157,10 @@ def test_context_defaults_come_from_c(model_path, spy):
         assert (m.n_ctx, m.n_threads, m.n_batch) == (32, 1, 5)
     assert s.contexts[0] == dict(_ffi.context_defaults(), n_batch=7, lut_cache_mb=3)
     assert s.contexts[1] == dict(s.contexts[0], n_ctx=32, n_threads=1, n_batch=5, lut_cache_mb=0)
+    assert s.contexts[0]["type_kv"] == -1           # kv_type None: the backend's own (C's -1)
+    with mole.Model(model_path, n_ctx=32, kv_type="f32") as m:
+        assert m.kv_type == "f32"
+    assert s.contexts[2] == dict(s.contexts[0], n_ctx=32, type_kv=_ffi.get().lib.MOLE_TYPE_F32)
     for bad in (dict(n_ctx=0), dict(n_batch=0), dict(n_threads=-1), dict(lut_cache_mb=-2), dict(n_ctx=True)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             mole.Model(model_path, **bad)

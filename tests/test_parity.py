@@ -26,7 +26,7 @@ def reference(cfg, form, ids, seed=0):
 class Ctx:
     """A raw mole_context over the C API: decode entries for several sequences in one step."""
 
-    def __init__(self, path, n_ctx=256, n_seq=1, n_batch=512, lut_cache_mb=0, n_threads=1):
+    def __init__(self, path, n_ctx=256, n_seq=1, n_batch=512, lut_cache_mb=0, n_threads=1, type_kv=None):
         L = _ffi.get()
         self.ffi, self.lib = L.ffi, L.lib
         out = self.ffi.new("struct mole_model **")
@@ -38,6 +38,8 @@ class Ctx:
         p = self.ffi.new("struct mole_context_params *")
         self.lib.mole_context_default_params(p)
         p.n_ctx, p.n_seq_max, p.n_batch, p.lut_cache_mb, p.n_threads = n_ctx, n_seq, n_batch, lut_cache_mb, n_threads
+        if type_kv is not None:
+            p.type_kv = getattr(self.lib, type_kv)
         cout = self.ffi.new("struct mole_context **")
         _ffi.check(self.lib.mole_context_new(self.model, p, cout))
         self.ctx = self.ffi.gc(cout[0], self.lib.mole_context_free)
@@ -80,16 +82,30 @@ def test_f32_logits_match_pytorch(model_factory, case):
     form = "dense" if overrides.get("num_experts", 4) == 0 else "training"
     path, _, cfg = model_factory("f32", "f32", form=form, **overrides)
     ref = reference(cfg, form, IDS)
-    with mole.Model(str(path), n_ctx=64, n_threads=2) as m:
+    with mole.Model(str(path), n_ctx=64, n_threads=2, kv_type="f32") as m:   # the unrounded KV cache
         got = m.logits(IDS)
     assert got.shape == (len(IDS), cfg.vocab_size)
     assert rel_err(got, ref) <= 1e-5
 
 
+# The CPU's default f16 KV cache rounds K and V to 11 significant bits: measured 2.1e-4 on "gqa",
+# 3x headroom. An f32 cache read as if it were f16 (or the reverse) is off by orders of magnitude.
+@pytest.mark.parametrize("case", ["gqa", "mqa-linear-rope", "dense"])
+def test_f16_kv_cache_logits_match_pytorch(model_factory, case):
+    overrides = F32_CASES[case]
+    form = "dense" if overrides.get("num_experts", 4) == 0 else "training"
+    path, _, cfg = model_factory("f32", "f32", form=form, **overrides)
+    ref = reference(cfg, form, IDS)
+    with mole.Model(str(path), n_ctx=64, n_threads=2) as m:
+        assert m.kv_type == "f16"   # the CPU's default
+        got = m.logits(IDS)
+    assert rel_err(got, ref) <= 6e-4
+
+
 def test_reparam_form_matches_training_form(model_factory):
     path, _, cfg = model_factory("f32", "f32", form="reparam")
     ref = reference(cfg, "training", IDS)
-    with mole.Model(str(path), n_ctx=64, n_threads=1) as m:
+    with mole.Model(str(path), n_ctx=64, n_threads=1, kv_type="f32") as m:
         assert rel_err(m.logits(IDS), ref) <= 1e-5
 
 
@@ -103,7 +119,7 @@ def test_greedy_64_tokens_identical(model_factory):
     with torch.no_grad():
         for _ in range(64):
             ref_ids.append(int(model(torch.tensor([ref_ids]))[0, -1].argmax()))
-    c = Ctx(path, n_ctx=128)
+    c = Ctx(path, n_ctx=128, type_kv="MOLE_TYPE_F32")
     logits = c.decode(prompt)[-1]
     ids = list(prompt)
     for _ in range(64):
@@ -113,9 +129,10 @@ def test_greedy_64_tokens_identical(model_factory):
     assert c.seq_len(0) == len(ids)
 
 
-# Stated tolerances (relative max error of logits vs float64 PyTorch with the unquantized weights).
-# Measured on tiny_config seed 0 (f16 1.5e-4, bf16 8.7e-4, q8_0 2.6e-3, q4_0 4.4e-2, f16 weights
-# 4.6e-4, q8_0+q8_0 1.9e-2, q4_0+f16 4.3e-2); the bounds leave ~3x headroom.
+# Stated tolerances (relative max error of logits vs float64 PyTorch with the unquantized weights;
+# an f32 KV cache, so that the error is the types'). Measured on tiny_config seed 0 (f16 1.5e-4,
+# bf16 8.7e-4, q8_0 2.6e-3, q4_0 4.4e-2, f16 weights 4.6e-4, q8_0+q8_0 1.9e-2, q4_0+f16 4.3e-2);
+# the bounds leave ~3x headroom.
 QUANT_CASES = [("f16", "f32", 5e-4), ("bf16", "f32", 3e-3), ("q8_0", "f32", 1e-2), ("q4_0", "f32", 1e-1),
                ("f32", "f16", 1.5e-3), ("q8_0", "q8_0", 5e-2), ("q4_0", "f16", 1e-1),
                ("iq4_nl", "f32", 1e-1), ("q3_k", "f32", 2e-1), ("iq4_nl", "q8_0", 1e-1)]
@@ -125,7 +142,7 @@ QUANT_CASES = [("f16", "f32", 5e-4), ("bf16", "f32", 3e-3), ("q8_0", "f32", 1e-2
 def test_quantized_logits_within_tolerance(model_factory, lut_type, weight_type, tol):
     path, _, cfg = model_factory(lut_type, weight_type)
     ref = reference(cfg, "training", IDS)
-    with mole.Model(str(path), n_ctx=64, n_threads=2) as m:
+    with mole.Model(str(path), n_ctx=64, n_threads=2, kv_type="f32") as m:
         err = rel_err(m.logits(IDS), ref)
     assert err <= tol, f"{lut_type}/{weight_type}: relative error {err:.3g} > {tol}"
 

@@ -286,11 +286,33 @@ def test_invalid_arguments(good):
     n = r.ffi.new("int32_t *")
     assert r.lib.mole_seq_length(r.ctx, -1, n) == 1
     for field, value, msg in [("n_ctx", -1, "n_ctx"), ("n_seq_max", 0, "n_seq_max"), ("n_batch", 0, "n_batch"),
-                              ("lut_cache_mb", -2, "lut_cache_mb"), ("n_threads", -1, "n_threads")]:
+                              ("lut_cache_mb", -2, "lut_cache_mb"), ("n_threads", -1, "n_threads"),
+                              ("type_kv", 8, "type_kv must be MOLE_TYPE_F32 .0. or MOLE_TYPE_F16 .1.*got 8"),
+                              ("type_kv", -2, "type_kv")]:
         with pytest.raises(ValueError, match=msg):
             Raw(good, **{field: value})
     with pytest.raises(ValueError, match="n_ctx"):
         mole.Model(str(good), n_ctx=-5)
+    with pytest.raises(ValueError, match="kv_type must be one of"):
+        mole.Model(str(good), kv_type="q8_0")
+
+
+def test_kv_cache_type_is_chosen_reported_and_halves_the_memory(good):
+    """The CPU's default KV cache is f16; f32 on request; mole_context_get_params reports the one made, and the
+    error for a cache too large for the machine counts its bytes at the chosen size."""
+    for asked, got in [(None, "f16"), ("f16", "f16"), ("f32", "f32")]:
+        with mole.Model(str(good), n_ctx=16, n_threads=1, kv_type=asked) as m:
+            assert m.kv_type == got and m.stats()["kv_type"] == got
+    r = Raw(good, n_ctx=16)
+    got = r.ffi.new("struct mole_context_params *")
+    assert r.lib.mole_context_get_params(r.ctx, got) == 0 and got.type_kv == r.lib.MOLE_TYPE_F16
+    sizes = {}
+    for t in ("f16", "f32"):   # past any machine's memory: the message gives the cache's size
+        with pytest.raises(mole.MoleError, match="KV cache would take") as e:
+            mole.Model(str(good), n_ctx=2**31 - 1, n_seq_max=2**20, kv_type=t)
+        assert ("halves" if t == "f16" else "floats") in str(e.value)
+        sizes[t] = str(e.value)
+    assert sizes["f16"] != sizes["f32"]
 
 
 def test_want_logits_subset_and_cancel(good):

@@ -15,7 +15,7 @@ import cffi
 
 from . import errors
 
-ABI_VERSION = 2  # what this binding was written for; must equal MOLE_ABI_VERSION of the library
+ABI_VERSION = 3  # what this binding was written for; must equal MOLE_ABI_VERSION of the library
 
 _HERE = Path(__file__).resolve().parent
 _lock = threading.Lock()

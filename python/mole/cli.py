@@ -58,6 +58,8 @@ def _add_model_args(p: argparse.ArgumentParser, ctx: dict, ctx_default: int | No
                    help="LUT row cache size in MB, 0 disables (default: the backend's choice, 64 on the CPU)"
                    if ctx.get("lut_cache_mb") == -1 else
                    f"LUT row cache size in MB, 0 disables (default {_default(ctx, 'lut_cache_mb')})")
+    p.add_argument("--kv-type", default=None, choices=["f16", "f32"],
+                   help="KV cache element type (default: the backend's, f16 on the CPU, f32 on CUDA)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, d: dict) -> None:
@@ -84,7 +86,8 @@ def _sampling(a) -> dict:
 def _open_model(a):
     from . import Model, demo_model_path
     path = a.model or demo_model_path()
-    return Model(path, n_ctx=a.ctx, n_threads=a.threads, device=a.device, lut_cache_mb=a.lut_cache_mb)
+    return Model(path, n_ctx=a.ctx, n_threads=a.threads, device=a.device, lut_cache_mb=a.lut_cache_mb,
+                 kv_type=a.kv_type)
 
 
 # ---- subcommands ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from .stops import StopMatcher
 
 _INT32_MAX = 2**31 - 1
 _DEVICES = {"cpu": "MOLE_DEVICE_CPU", "cuda": "MOLE_DEVICE_CUDA"}   # device= -> the header's enum mole_device name
+_KV_TYPES = {"f16": "MOLE_TYPE_F16", "f32": "MOLE_TYPE_F32"}         # kv_type= -> the header's enum mole_type name
 
 
 class Model:
@@ -31,11 +32,14 @@ class Model:
     training context length (the file's mole.context_length); n_threads None is one thread per physical
     core; n_batch None is 512 tokens per forward step; lut_cache_mb None is the backend's choice of LUT row
     cache (64 MB on the CPU; on CUDA the whole LUT when it fits in half the free VRAM; 0 turns it off).
-    The context actually made is in .n_ctx, .n_threads and .n_batch.
+    kv_type None is the backend's KV cache type ("f16" on the CPU, half the memory and the bytes a step reads;
+    "f32" on CUDA); "f32" on the CPU gives the unrounded cache.
+    The context actually made is in .n_ctx, .n_threads, .n_batch and .kv_type.
     """
 
     def __init__(self, path, n_ctx: int | None = None, n_threads: int | None = None, device: str = "cpu",
-                 *, n_batch: int | None = None, lut_cache_mb: int | None = None, n_seq_max: int | None = None):
+                 *, n_batch: int | None = None, lut_cache_mb: int | None = None, n_seq_max: int | None = None,
+                 kv_type: str | None = None):
         path = os.fspath(path)
         for name, v in (("n_ctx", n_ctx), ("n_threads", n_threads), ("n_batch", n_batch), ("n_seq_max", n_seq_max)):
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
@@ -45,6 +49,8 @@ class Model:
         if lut_cache_mb is not None and (not isinstance(lut_cache_mb, int) or isinstance(lut_cache_mb, bool)
                                          or not 0 <= lut_cache_mb < 2**63):
             raise errors.InvalidArgumentError(f"lut_cache_mb must be >= 0 or None, got {lut_cache_mb!r}")
+        if kv_type is not None and kv_type not in _KV_TYPES:
+            raise errors.InvalidArgumentError(f"kv_type must be one of {sorted(_KV_TYPES)} or None, got {kv_type!r}")
         if device not in _DEVICES:
             raise errors.InvalidArgumentError(f"device must be one of {sorted(_DEVICES)}, got {device!r}")
         if not Path(path).exists():
@@ -73,6 +79,8 @@ class Model:
                         ("lut_cache_mb", lut_cache_mb), ("n_seq_max", n_seq_max)):
             if v is not None:
                 setattr(cparams, name, v)
+        if kv_type is not None:
+            cparams.type_kv = getattr(lib, _KV_TYPES[kv_type])
         cout = ffi.new("struct mole_context **")
         try:
             _ffi.check(lib.mole_context_new(self._model, cparams, cout), "creating context")
@@ -87,6 +95,7 @@ class Model:
         self.n_threads = int(got.n_threads)
         self.n_batch = int(got.n_batch)
         self.n_seq_max = int(got.n_seq_max)
+        self.kv_type = next(k for k, v in _KV_TYPES.items() if getattr(lib, v) == got.type_kv)
         self.device = device
         self._tokens: list[int] = []   # what sequence 0 of the context holds now
         self._metadata = None
@@ -475,6 +484,7 @@ class Model:
         out["n_ctx"] = self.n_ctx
         out["tokens_in_context"] = len(self._tokens)
         out["n_seq_max"] = self.n_seq_max
+        out["kv_type"] = self.kv_type
         return out
 
     def reset_stats(self) -> None:

@@ -28,7 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MOLE_ABI_VERSION 2
+#define MOLE_ABI_VERSION 3
 
 #ifdef __cplusplus
 extern "C" {
@@ -177,6 +177,9 @@ struct mole_context_params {
     int64_t lut_cache_mb;      /* LUT row cache in MB; 0 disables; -1 (default): the backend's choice,
                                   64 on the CPU, on CUDA the whole LUT if it fits in half the free VRAM
                                   (at most 32 GB), else that much; mole_context_get_params gives it */
+    int32_t type_kv;           /* KV cache elements: MOLE_TYPE_F16 (half the memory and the bytes a step reads)
+                                  or MOLE_TYPE_F32; -1 (default): the backend's choice, F16 on the CPU, F32 on
+                                  CUDA (which keeps only F32: F16 there is MOLE_STATUS_UNSUPPORTED) */
 };
 
 struct mole_stats {

@@ -363,6 +363,7 @@ MOLE_API void mole_context_default_params(struct mole_context_params *out) {
     out->n_threads = 0;
     out->n_batch = 512;
     out->lut_cache_mb = -1;   // the backend's choice (Backend::default_lut_cache_bytes)
+    out->type_kv = -1;        // the backend's choice (BackendInfo::kv_default)
 }
 
 MOLE_API enum mole_status mole_context_new(const struct mole_model *model, const struct mole_context_params *params,
@@ -380,6 +381,7 @@ MOLE_API enum mole_status mole_context_new(const struct mole_model *model, const
     cp.n_threads = p.n_threads;
     cp.n_batch = p.n_batch;
     cp.lut_cache_mb = p.lut_cache_mb;
+    cp.type_kv = p.type_kv;
     if (Status s = model->impl->file->check_unchanged()) return s;
     auto c = std::make_unique<mole_context>();
     c->model = model->impl;
@@ -402,6 +404,7 @@ MOLE_API enum mole_status mole_context_get_params(const struct mole_context *ctx
     out->n_threads = p.n_threads;
     out->n_batch = p.n_batch;
     out->lut_cache_mb = p.lut_cache_mb;
+    out->type_kv = p.type_kv;
     return MOLE_STATUS_OK;
     MOLE_GUARD_END
 }

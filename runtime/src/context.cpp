@@ -24,17 +24,19 @@ constexpr int32_t kMaxThreads = 1024;
 // physical memory; everywhere its size must fit in 64 bits (alloc_kv_cache multiplies in uint64).
 Status check_kv_cache(const Model &m, const ContextParams &p, bool n_ctx_defaulted) {
     const int64_t kv_dim = int64_t(m.hp.n_head_kv) * m.hp.head_dim;
-    const double bytes = 2.0 * p.n_seq_max * m.hp.n_layer * double(p.n_ctx) * double(kv_dim) * sizeof(float);
+    const double elem = p.type_kv == int32_t(Type::F16) ? 2.0 : 4.0;
+    const double bytes = 2.0 * p.n_seq_max * m.hp.n_layer * double(p.n_ctx) * double(kv_dim) * elem;
     const uint64_t ram = m.backend->device == MOLE_DEVICE_CPU ? physical_memory_bytes() : 0;
     const double limit = ram ? double(ram) : 9.2e18;
     if (bytes <= limit) return MOLE_STATUS_OK;
     return set_error(MOLE_STATUS_OUT_OF_MEMORY,
                      "n_ctx = %d%s: the KV cache would take %s (K and V, %d sequence(s) x %d layers x %d positions x "
-                     "%lld floats), more than %s%s; ask for a smaller n_ctx%s",
+                     "%lld %s), more than %s%s; ask for a smaller n_ctx%s",
                      p.n_ctx, n_ctx_defaulted ? " (0: the model's context_length)" : "",
                      human_bytes(bytes < 1.8e19 ? uint64_t(bytes) : UINT64_MAX).c_str(), p.n_seq_max, m.hp.n_layer,
-                     p.n_ctx, static_cast<long long>(kv_dim), ram ? "this machine's " : "64-bit sizes",
-                     ram ? (human_bytes(ram) + " of memory").c_str() : "", p.n_seq_max > 1 ? " or n_seq_max" : "");
+                     p.n_ctx, static_cast<long long>(kv_dim), elem == 2.0 ? "halves" : "floats",
+                     ram ? "this machine's " : "64-bit sizes", ram ? (human_bytes(ram) + " of memory").c_str() : "",
+                     p.n_seq_max > 1 ? " or n_seq_max" : "");
 }
 }  // namespace
 
@@ -58,13 +60,22 @@ Status Context::init(const Model &m, const ContextParams &p_in) {
                          p.lut_cache_mb);
     if (p.lut_cache_mb > (int64_t(1) << 30))
         return set_error(MOLE_STATUS_INVALID_ARGUMENT, "lut_cache_mb %" PRId64 " is too large", p.lut_cache_mb);
+    if (p.type_kv == -1) p.type_kv = int32_t(m.backend->kv_default);
+    if (p.type_kv != int32_t(Type::F32) && p.type_kv != int32_t(Type::F16))
+        return set_error(MOLE_STATUS_INVALID_ARGUMENT,
+                         "type_kv must be MOLE_TYPE_F32 (0) or MOLE_TYPE_F16 (1), or -1 for the backend's default; "
+                         "got %d",
+                         p.type_kv);
+    if (!(m.backend->kv_types >> uint32_t(p.type_kv) & 1u))
+        return set_error(MOLE_STATUS_UNSUPPORTED, "type_kv %s: the %s backend keeps its KV cache in %s",
+                         type_name(Type(p.type_kv)), m.backend->name, type_name(m.backend->kv_default));
     if (Status s = check_kv_cache(m, p, p_in.n_ctx == 0)) return s;
     params = p;
     BackendParams bp;
     bp.n_threads = p.n_threads;
     bp.device_index = m.device_index;
     if (Status s = m.backend->create(*m.device_weights, bp, &backend)) return s;
-    if (Status s = alloc_kv_cache(*backend, m.hp, p.n_ctx, p.n_seq_max, &kv)) return s;
+    if (Status s = alloc_kv_cache(*backend, m.hp, p.n_ctx, p.n_seq_max, Type(p.type_kv), &kv)) return s;
     if (Status s = planner.init(p.n_batch, p.n_seq_max, m.hp.n_vocab, m.hp.n_expert > 0)) return s;
     if (Status s = scratch.init(*backend, m.hp, p.n_batch)) return s;
     // -1: the backend's choice (the CPU's 64 MB; on a GPU a share of the free VRAM, or the whole LUT)

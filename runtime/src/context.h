@@ -21,6 +21,7 @@ struct ContextParams {
     int32_t n_threads = 0;     // 0: physical cores
     int32_t n_batch = 512;
     int64_t lut_cache_mb = 64; // 0: off; -1: default
+    int32_t type_kv = -1;      // KV cache elements: Type::F32 or F16; -1: the backend's default
 };
 
 struct Stats {

@@ -52,19 +52,16 @@ Status Scratch::init(Backend &be, const Hparams &hp, int32_t n_batch) {
     return MOLE_STATUS_OK;
 }
 
-Status alloc_kv_cache(Backend &be, const Hparams &hp, int32_t n_ctx, int32_t n_seq, KvCache *kv) {
+Status alloc_kv_cache(Backend &be, const Hparams &hp, int32_t n_ctx, int32_t n_seq, Type type, KvCache *kv) {
     kv->n_ctx = n_ctx;
     kv->n_seq = n_seq;
     kv->n_layer = hp.n_layer;
     kv->kv_dim = int64_t(hp.n_head_kv) * hp.head_dim;
+    kv->type = type;
     const uint64_t bytes =
-        uint64_t(n_seq) * uint64_t(hp.n_layer) * uint64_t(n_ctx) * uint64_t(kv->kv_dim) * sizeof(float);
-    void *k = nullptr, *v = nullptr;
-    if (Status st = be.alloc(bytes, "the KV cache (K)", &k)) return st;
-    if (Status st = be.alloc(bytes, "the KV cache (V)", &v)) return st;
-    kv->k = static_cast<float *>(k);
-    kv->v = static_cast<float *>(v);
-    return MOLE_STATUS_OK;
+        uint64_t(n_seq) * uint64_t(hp.n_layer) * uint64_t(n_ctx) * uint64_t(kv->kv_dim) * kv->elem_bytes();
+    if (Status st = be.alloc(bytes, "the KV cache (K)", &kv->k)) return st;
+    return be.alloc(bytes, "the KV cache (V)", &kv->v);
 }
 
 namespace {

@@ -29,8 +29,8 @@ struct Scratch {
     Status init(Backend &be, const Hparams &hp, int32_t n_batch);
 };
 
-// K and V of n_seq sequences of n_ctx positions, in be's memory.
-Status alloc_kv_cache(Backend &be, const Hparams &hp, int32_t n_ctx, int32_t n_seq, KvCache *kv);
+// K and V of n_seq sequences of n_ctx positions, elements of `type` (F32 or F16), in be's memory.
+Status alloc_kv_cache(Backend &be, const Hparams &hp, int32_t n_ctx, int32_t n_seq, Type type, KvCache *kv);
 
 struct StepTimes {
     double lut_ms = 0;

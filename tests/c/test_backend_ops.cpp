@@ -137,7 +137,7 @@ struct Op {
 
 struct Case {
     const Op *op;
-    Type type = Type::F32;          // weight / LUT type
+    Type type = Type::F32;          // weight / LUT type; attention: the KV cache's
     int64_t n = 1, k = 1, S = 1;    // matmul: W [k, n] (n rows of k), X [S, k]; else S rows of n
     int64_t H = 1, Hkv = 1, hd = 2; // attention, rope
     int64_t N = 1, L = 1, il = 0;   // LUT: N experts, L layers, mix of layer il (d = k)
@@ -408,8 +408,9 @@ const Op kRope{"rope", rope_make, rope_run, rope_ref};
 
 // ---- attention with KV append --------------------------------------------------------------------
 
-// f[0] q [S, H, hd], f[1] k and f[2] v [S, kvd] of the new rows; f[3], f[4] the cached K, V
-// [n_seq, n_ctx, kvd] (positions before the step; the rest is overwritten).
+// c.type: the KV cache's element type (F32 or F16). f[0] q [S, H, hd], f[1] k and f[2] v [S, kvd]
+// of the new rows; f[3], f[4] the cached K, V [n_seq, n_ctx, kvd] (positions before the step; the
+// rest is overwritten), f16 values when the cache is; f[5], f[6] the new rows as the cache keeps them.
 int64_t attn_ctx(const Case &c) { return c.pos0 + c.n_seq + c.S; }
 void attn_make(const Case &c, Rng &rng, Problem &p) {
     make_plan(c, rng, p, 8);
@@ -419,6 +420,20 @@ void attn_make(const Case &c, Rng &rng, Problem &p) {
     p.f.push_back(rng.vec(size_t(c.S * kvd), -2.0f, 2.0f));
     p.f.push_back(rng.vec(size_t(c.n_seq * T * kvd)));
     p.f.push_back(rng.vec(size_t(c.n_seq * T * kvd), -2.0f, 2.0f));
+    p.f.push_back(p.f[1]);
+    p.f.push_back(p.f[2]);
+    if (c.type == Type::F16)
+        for (int i : {3, 4, 5, 6})
+            for (float &x : p.f[size_t(i)]) x = f16_to_f32(f32_to_f16(x));
+}
+// The cache's bytes of floats x (f32, or rounded to f16).
+std::vector<uint8_t> kv_bytes(Type t, const std::vector<float> &x) {
+    std::vector<uint8_t> b(x.size() * (t == Type::F16 ? 2 : 4));
+    if (t == Type::F16)
+        for (size_t i = 0; i < x.size(); ++i) reinterpret_cast<uint16_t *>(b.data())[i] = f32_to_f16(x[i]);
+    else
+        std::memcpy(b.data(), x.data(), b.size());
+    return b;
 }
 std::vector<float> attn_run(Dev &dv, const Case &c, const Problem &p) {
     dv.plan(p);
@@ -428,6 +443,7 @@ std::vector<float> attn_run(Dev &dv, const Case &c, const Problem &p) {
     kv.n_seq = c.n_seq;
     kv.n_layer = 2;
     kv.kv_dim = kvd;
+    kv.type = c.type;
     // the cache holds layer 0 (never touched) and layer 1 (the step's) of each sequence
     std::vector<float> kc(size_t(c.n_seq * 2 * T * kvd), 7.0f), vc(kc.size(), 7.0f);
     for (int32_t sq = 0; sq < c.n_seq; ++sq)
@@ -435,19 +451,26 @@ std::vector<float> attn_run(Dev &dv, const Case &c, const Problem &p) {
             kc[size_t((sq * 2 + layer) * T * kvd + i)] = p.f[3][size_t(sq * T * kvd + i)];
             vc[size_t((sq * 2 + layer) * T * kvd + i)] = p.f[4][size_t(sq * T * kvd + i)];
         }
-    kv.k = dv.in(kc);
-    kv.v = dv.in(vc);
+    std::vector<uint8_t> kb = kv_bytes(c.type, kc), vb = kv_bytes(c.type, vc);
+    check(
+        dv.be->alloc(kb.size(), "K", &kv.k) == MOLE_STATUS_OK && dv.be->alloc(vb.size(), "V", &kv.v) == MOLE_STATUS_OK,
+        "alloc");
+    dv.be->upload(kv.k, kb.data(), kb.size());
+    dv.be->upload(kv.v, vb.data(), vb.size());
     float *q = dv.in(p.f[0]), *k = dv.in(p.f[1]), *v = dv.in(p.f[2]), *out = dv.out(size_t(c.S * c.H * c.hd));
     dv.be->attention(kv, int32_t(layer), q, k, v, c.H, c.Hkv, c.hd, out);
-    // the new rows' K and V went to their positions, and nothing else of the cache changed
-    const auto kg = dv.get(kv.k, kc.size()), vg = dv.get(kv.v, vc.size());
+    // the new rows' K and V went to their positions (rounded to the nearest f16 in an f16 cache),
+    // and nothing else of the cache changed
+    std::vector<uint8_t> kg(kb.size()), vg(vb.size());
+    dv.be->download(kg.data(), kv.k, kg.size());
+    dv.be->download(vg.data(), kv.v, vg.size());
     const Rows rows = plan_rows(p);
     for (int64_t s = 0; s < c.S; ++s) {
         const int64_t sq = p.seq_ids[size_t(rows.entry[size_t(s)])], at = (sq * 2 + layer) * T + rows.pos[size_t(s)];
-        std::memcpy(&kc[size_t(at * kvd)], &p.f[1][size_t(s * kvd)], size_t(kvd) * 4);
-        std::memcpy(&vc[size_t(at * kvd)], &p.f[2][size_t(s * kvd)], size_t(kvd) * 4);
+        std::memcpy(&kc[size_t(at * kvd)], &p.f[5][size_t(s * kvd)], size_t(kvd) * 4);
+        std::memcpy(&vc[size_t(at * kvd)], &p.f[6][size_t(s * kvd)], size_t(kvd) * 4);
     }
-    check(kg == kc && vg == vc,
+    check(kg == kv_bytes(c.type, kc) && vg == kv_bytes(c.type, vc),
           fmt("%s [%s]: K/V appended at the planned positions, the rest unchanged", c.label().c_str(), dv.be->name()));
     return dv.get(out, size_t(c.S * c.H * c.hd));
 }
@@ -465,8 +488,8 @@ std::vector<Ref> attn_ref(const Case &c, const Problem &p) {
         }
         for (int64_t s2 = 0; s2 < c.S; ++s2)
             if (p.seq_ids[size_t(rows.entry[size_t(s2)])] == sq && rows.pos[size_t(s2)] <= pos) {
-                keys[size_t(rows.pos[size_t(s2)])] = &p.f[1][size_t(s2 * kvd)];
-                vals[size_t(rows.pos[size_t(s2)])] = &p.f[2][size_t(s2 * kvd)];
+                keys[size_t(rows.pos[size_t(s2)])] = &p.f[5][size_t(s2 * kvd)];
+                vals[size_t(rows.pos[size_t(s2)])] = &p.f[6][size_t(s2 * kvd)];
             }
         for (int64_t h = 0; h < c.H; ++h) {
             const int64_t kvh = h / (c.H / c.Hkv);
@@ -749,26 +772,33 @@ std::vector<Case> table() {
             c.S = 5, c.n_seq = 5, c.H = 3, c.hd = hd, c.scale = fs;
             t.push_back(c);
         }
-    for (int64_t n_kv : {4, 2, 1})   // GQA ratios 1, 2, 4 with 4 query heads
-        for (int64_t hd : {8, 13, 64, 80})
-            for (int64_t S : {1, 3, 17, 40})   // 40: blocks of 16, 16 and 8 queries
-                for (int64_t pos0 : {0, 5}) {
-                    Case c{&kAttention};
-                    c.H = 4, c.Hkv = n_kv, c.hd = hd, c.S = S, c.pos0 = pos0;
-                    c.scale = hd == 13 ? 30.0f : 1.0f;   // large scores carry the q.k sums' rounding
-                    c.tol = hd == 13 ? 1e-4 : 1e-5;
-                    t.push_back(c);
-                }
-    for (int64_t S : {1, 7}) {   // a 2048-position context: decode splits the keys over blocks
-        Case c{&kAttention};
-        c.H = 8, c.Hkv = 2, c.hd = 64, c.S = S, c.pos0 = 2048 - S;
-        t.push_back(c);
-    }
-    for (int32_t seqs : {2, 3}) {   // several sequences in one step, interleaved entries
-        Case c{&kAttention};
-        c.H = 4, c.Hkv = 2, c.hd = 64, c.S = 11, c.n_seq = seqs, c.pos0 = 3;
-        t.push_back(c);
-    }
+    for (Type kv : {Type::F32, Type::F16})   // the KV cache's element type
+        for (int64_t n_kv : {4, 2, 1})   // GQA ratios 1, 2, 4 with 4 query heads
+            for (int64_t hd : {8, 13, 64, 80})
+                for (int64_t S : {1, 3, 17, 40})   // 40: blocks of 16, 16 and 8 queries
+                    for (int64_t pos0 : {0, 5}) {
+                        if (kv == Type::F16 && (n_kv == 2 || S == 3)) continue;
+                        Case c{&kAttention};
+                        c.type = kv;
+                        c.H = 4, c.Hkv = n_kv, c.hd = hd, c.S = S, c.pos0 = pos0;
+                        c.scale = hd == 13 ? 30.0f : 1.0f;   // large scores carry the q.k sums' rounding
+                        c.tol = hd == 13 ? 1e-4 : 1e-5;
+                        t.push_back(c);
+                    }
+    for (Type kv : {Type::F32, Type::F16})
+        for (int64_t S : {1, 7}) {   // a 2048-position context: decode splits the keys over blocks
+            Case c{&kAttention};
+            c.type = kv;
+            c.H = 8, c.Hkv = 2, c.hd = 64, c.S = S, c.pos0 = 2048 - S;
+            t.push_back(c);
+        }
+    for (Type kv : {Type::F32, Type::F16})
+        for (int32_t seqs : {2, 3}) {   // several sequences in one step, interleaved entries
+            Case c{&kAttention};
+            c.type = kv;
+            c.H = 4, c.Hkv = 2, c.hd = 64, c.S = 11, c.n_seq = seqs, c.pos0 = 3;
+            t.push_back(c);
+        }
     for (int64_t n : {1, 7, 50, 1000}) {
         Case c{&kSoftmax};
         c.n = n, c.S = 3;
@@ -858,6 +888,7 @@ int main() {
         for (const Variant *v : live) {
             v->setup();
             const BackendInfo &info = *find_backend(v->device);
+            if (c.op == &kAttention && !(info.kv_types >> uint32_t(c.type) & 1u)) continue;   // a KV type it lacks
             std::vector<float> first;
             // CPU results must not depend on the worker count; other backends have no workers to vary
             for (int threads : v->device == MOLE_DEVICE_CPU ? std::vector<int>{1, 3} : std::vector<int>{1}) {

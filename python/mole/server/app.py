@@ -354,7 +354,7 @@ def serve(a) -> int:
     key = a.api_key or os.environ.get("MOLE_API_KEY") or None
     path = a.model or demo_model_path()
     m = Model(path, n_ctx=a.ctx, n_threads=a.threads, device=a.device, lut_cache_mb=a.lut_cache_mb,
-              n_batch=a.batch, n_seq_max=a.parallel)
+              n_batch=a.batch, n_seq_max=a.parallel, kv_type=a.kv_type)
     try:
         metrics = Metrics()
         limits = Limits(n_ctx=m.n_ctx, max_tokens=min(a.max_tokens or m.n_ctx, m.n_ctx))
@@ -369,12 +369,13 @@ def serve(a) -> int:
         m.close()
         raise
     host, port = sock.getsockname()[:2]
-    kv = 2 * m.n_layer * m.n_ctx * a.parallel * m.info["n_embd"] * m.info["n_head_kv"] // m.info["n_head"] * 4
+    kv_dim = m.info["n_embd"] * m.info["n_head_kv"] // m.info["n_head"]
+    kv = 2 * m.n_layer * m.n_ctx * a.parallel * kv_dim * (2 if m.kv_type == "f16" else 4)
     shown = f"[{host}]" if ":" in host else host
     print(f"mole serve: {model_id} (V {m.n_vocab}, {m.n_layer} layers, {m.n_expert} experts) on {m.device}, "
           f"{m.n_threads} threads; {a.parallel} sequences x {m.n_ctx} positions each"
           f"{f' (--ctx-total {a.ctx_total} split)' if getattr(a, 'ctx_total', None) else ''} (KV cache "
-          f"{kv / 2**20:.0f} MiB), "
+          f"{kv / 2**20:.0f} MiB, {m.kv_type}), "
           f"queue {a.queue}, max_tokens <= {limits.max_tokens}", file=sys.stderr)
     if key is None and host not in ("127.0.0.1", "::1", "localhost"):
         print(f"mole serve: warning: listening on {host} without an API key (--api-key): anyone who can reach this "

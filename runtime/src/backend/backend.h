@@ -50,13 +50,18 @@ public:
     virtual ~WeightStore() = default;
 };
 
-// K and V of every sequence and layer, in backend memory: [n_seq, L, n_ctx, kv_dim] f32 each.
+// K and V of every sequence and layer, in backend memory: [n_seq, L, n_ctx, kv_dim] each, of
+// `type`: F32, or F16 (IEEE half, half the bytes a decode step reads; the CPU's default).
 struct KvCache {
     int32_t n_ctx = 0, n_seq = 0, n_layer = 0;
     int64_t kv_dim = 0;   // n_head_kv * hd
-    float *k = nullptr, *v = nullptr;
-    float *k_at(int32_t seq, int32_t layer) const { return k + (int64_t(seq) * n_layer + layer) * n_ctx * kv_dim; }
-    float *v_at(int32_t seq, int32_t layer) const { return v + (int64_t(seq) * n_layer + layer) * n_ctx * kv_dim; }
+    Type type = Type::F32;
+    void *k = nullptr, *v = nullptr;
+    size_t elem_bytes() const { return type == Type::F16 ? 2 : 4; }
+    // elements before (seq, layer)'s first position
+    int64_t offset(int32_t seq, int32_t layer) const { return (int64_t(seq) * n_layer + layer) * n_ctx * kv_dim; }
+    void *k_at(int32_t seq, int32_t layer) const { return static_cast<char *>(k) + offset(seq, layer) * elem_bytes(); }
+    void *v_at(int32_t seq, int32_t layer) const { return static_cast<char *>(v) + offset(seq, layer) * elem_bytes(); }
 };
 
 // One output of a grouped matrix product: Y[S, w->ne1] = X[S, w->ne0] W^T.
@@ -201,6 +206,9 @@ struct BackendInfo {
     // What device `device_index` is, for mole_system_info ("NVIDIA H200, sm_90, 150.1 GB"); after a
     // successful probe.
     std::string (*describe)(int32_t device_index);
+    // The KV cache element types it keeps (bit 1 << Type) and the one a context gets by default.
+    uint32_t kv_types = 1u << uint32_t(Type::F32);
+    Type kv_default = Type::F32;
 };
 
 // The backend of a device (enum mole_device), or null when this build has none.

@@ -138,12 +138,14 @@ public:
         attn_seqs_.resize(size_t(p.n_groups));
         for (int32_t g = 0; g < p.n_groups; ++g) {   // each group: one sequence's rows of the step
             const int32_t r0 = p.group_start[g], len = p.group_len[g], pos0 = p.pos[r0];
-            float *kc = kv.k_at(p.group_seq[g], layer), *vc = kv.v_at(p.group_seq[g], layer);
-            std::memcpy(kc + int64_t(pos0) * kvd, k + int64_t(r0) * kvd, sizeof(float) * size_t(len * kvd));
-            std::memcpy(vc + int64_t(pos0) * kvd, v + int64_t(r0) * kvd, sizeof(float) * size_t(len * kvd));
+            char *kc = static_cast<char *>(kv.k_at(p.group_seq[g], layer));
+            char *vc = static_cast<char *>(kv.v_at(p.group_seq[g], layer));
+            const int64_t at = int64_t(pos0) * kvd * int64_t(kv.elem_bytes());
+            cpu::kv_store(k + int64_t(r0) * kvd, kv.type, kc + at, len * kvd);
+            cpu::kv_store(v + int64_t(r0) * kvd, kv.type, vc + at, len * kvd);
             attn_seqs_[size_t(g)] = cpu::AttnSeq{q + int64_t(r0) * qd, kc, vc, out + int64_t(r0) * qd, len, pos0};
         }
-        cpu::attention_seqs(attn_seqs_.data(), p.n_groups, kvd, n_head, n_head_kv, hd, &pool_);
+        cpu::attention_seqs(attn_seqs_.data(), p.n_groups, kv.type, kvd, n_head, n_head_kv, hd, &pool_);
     }
 
     void softmax(float *x, int64_t S, int64_t n) override { cpu::softmax(x, S, n); }
@@ -246,7 +248,12 @@ Status create(const WeightStore &weights, const BackendParams &params, std::uniq
 }  // namespace
 
 const BackendInfo *backend_info() {
-    static const BackendInfo info{MOLE_DEVICE_CPU, "cpu", probe, load_weights, create, describe};
+    static const BackendInfo info = [] {
+        BackendInfo b{MOLE_DEVICE_CPU, "cpu", probe, load_weights, create, describe};
+        b.kv_types |= 1u << uint32_t(Type::F16);   // an f32 or f16 KV cache, f16 unless asked
+        b.kv_default = Type::F16;
+        return b;
+    }();
     return &info;
 }
 

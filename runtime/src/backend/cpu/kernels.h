@@ -79,20 +79,32 @@ void gelu_avx2(float *x, int64_t n);
 
 // Vector helpers for attention: dot(a, b) over n.
 float dot_f32_avx2(const float *a, const float *b, int64_t n);
-// One query against keys 0 .. n_keys-1 (rows kv_stride floats apart):
+// The attention kernels read a KV cache of f32 or of IEEE half (uint16_t, converted with F16C).
+// One query against keys 0 .. n_keys-1 (rows kv_stride elements apart):
 //   scores[t] = scale * q . k_t;   out[hd] = sum_t p[t] v_t (overwrites out).
 void attn_scores_avx2(const float *q, const float *k, int64_t kv_stride, int64_t n_keys, int64_t hd, float scale,
                       float *scores);
+void attn_scores_avx2(const float *q, const uint16_t *k, int64_t kv_stride, int64_t n_keys, int64_t hd, float scale,
+                      float *scores);
+void attn_accum_avx2(const float *p, const float *v, int64_t kv_stride, int64_t n_keys, int64_t hd, float *out);
+void attn_accum_avx2(const float *p, const uint16_t *v, int64_t kv_stride, int64_t n_keys, int64_t hd, float *out);
 // x[t] = exp(x[t] - max x) for t < n; returns the sum (double). ~1e-7 relative per term.
 double softmax_exp_avx2(float *x, int64_t n);
 // Causal attention of nq <= 16 consecutive queries of one head (rows q_stride floats apart); query
 // j sees keys 0 .. n0 + j - 1 and writes out + j * out_stride [hd]. buf: (n0 + nq - 1 + hd) * 16
-// floats of scratch. Per query, the same result as the row-at-a-time path to ~1e-7 relative.
+// + 8 * hd floats of scratch. Per query, the same result as the row-at-a-time path to ~1e-7 relative.
 void attention_block_avx512(const float *q, int64_t q_stride, int nq, const float *k, const float *v, int64_t kv_stride,
                             int64_t n0, int64_t hd, float scale, float *out, int64_t out_stride, float *buf);
+void attention_block_avx512(const float *q, int64_t q_stride, int nq, const uint16_t *k, const uint16_t *v,
+                            int64_t kv_stride, int64_t n0, int64_t hd, float scale, float *out, int64_t out_stride,
+                            float *buf);
 // The same with AVX2: the 16 queries in two 8-lane registers.
 void attention_block_avx2(const float *q, int64_t q_stride, int nq, const float *k, const float *v, int64_t kv_stride,
                           int64_t n0, int64_t hd, float scale, float *out, int64_t out_stride, float *buf);
-void attn_accum_avx2(const float *p, const float *v, int64_t kv_stride, int64_t n_keys, int64_t hd, float *out);
+void attention_block_avx2(const float *q, int64_t q_stride, int nq, const uint16_t *k, const uint16_t *v,
+                          int64_t kv_stride, int64_t n0, int64_t hd, float scale, float *out, int64_t out_stride,
+                          float *buf);
+// out[i] = the IEEE half nearest x[i] (ties to even, as f32_to_f16), with F16C.
+void kv_store_f16_avx2(const float *x, uint16_t *out, int64_t n);
 
 }  // namespace mole::cpu

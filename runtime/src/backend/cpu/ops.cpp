@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <vector>
 
@@ -311,9 +312,26 @@ void lut_mix_raw(Type type, const float *g, const uint8_t *src, int64_t skip, in
 
 namespace {
 
-void attn_scores_portable(const float *q, const float *k, int64_t kv_stride, int64_t n_keys, int64_t hd, float scale,
-                          float *scores) {
-    for (int64_t t = 0; t < n_keys; ++t) scores[t] = dot_portable(q, k + t * kv_stride, hd) * scale;
+inline float kv_f32(float x) { return x; }
+inline float kv_f32(uint16_t h) { return f16_to_f32(h); }
+
+// dot_portable's four partial sums, over a KV row of f32 or f16
+template <class KV> float dot_kv_portable(const float *a, const KV *b, int64_t n) {
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += a[i] * kv_f32(b[i]);
+        s1 += a[i + 1] * kv_f32(b[i + 1]);
+        s2 += a[i + 2] * kv_f32(b[i + 2]);
+        s3 += a[i + 3] * kv_f32(b[i + 3]);
+    }
+    for (; i < n; ++i) s0 += a[i] * kv_f32(b[i]);
+    return (s0 + s1) + (s2 + s3);
+}
+
+template <class KV> void attn_scores_portable(const float *q, const KV *k, int64_t kv_stride, int64_t n_keys,
+                                              int64_t hd, float scale, float *scores) {
+    for (int64_t t = 0; t < n_keys; ++t) scores[t] = dot_kv_portable(q, k + t * kv_stride, hd) * scale;
 }
 
 double softmax_exp_portable(float *x, int64_t n) {
@@ -327,10 +345,78 @@ double softmax_exp_portable(float *x, int64_t n) {
     return sum;
 }
 
-void attn_accum_portable(const float *p, const float *v, int64_t kv_stride, int64_t n_keys, int64_t hd, float *out) {
+template <class KV>
+void attn_accum_portable(const float *p, const KV *v, int64_t kv_stride, int64_t n_keys, int64_t hd, float *out) {
     std::fill_n(out, hd, 0.0f);
     for (int64_t t = 0; t < n_keys; ++t)
-        for (int64_t e = 0; e < hd; ++e) out[e] += p[t] * v[t * kv_stride + e];
+        for (int64_t e = 0; e < hd; ++e) out[e] += p[t] * kv_f32(v[t * kv_stride + e]);
+}
+
+template <class KV> void attention_seqs_of(const AttnSeq *seqs, int n_seqs, int64_t kv_stride, int64_t n_head,
+                                           int64_t n_head_kv, int64_t hd, ThreadPool *pool) {
+    const Isa isa = active_isa();
+    const bool simd = isa != Isa::Portable;
+    using ScoresFn = void (*)(const float *, const KV *, int64_t, int64_t, int64_t, float, float *);
+    using AccumFn = void (*)(const float *, const KV *, int64_t, int64_t, int64_t, float *);
+    using BlockFn = void (*)(const float *, int64_t, int, const KV *, const KV *, int64_t, int64_t, int64_t, float,
+                             float *, int64_t, float *);
+    ScoresFn scores_fn = attn_scores_portable<KV>;
+    AccumFn accum_fn = attn_accum_portable<KV>;
+    BlockFn block_fn = attention_block_avx2;
+    if (simd) {
+        scores_fn = attn_scores_avx2;
+        accum_fn = attn_accum_avx2;
+    }
+    if (isa == Isa::Avx512) block_fn = attention_block_avx512;
+    auto exp_fn = simd ? softmax_exp_avx2 : softmax_exp_portable;
+    const int64_t group = n_head / n_head_kv;
+    const float scale = float(1.0 / std::sqrt(double(hd)));
+    constexpr int64_t kQChunk = 16;   // queries per task
+    // tasks of sequence i: first[i] .. first[i + 1], n_head per chunk of queries
+    static thread_local std::vector<int64_t> first;
+    first.assign(size_t(n_seqs) + 1, 0);
+    for (int i = 0; i < n_seqs; ++i)
+        first[size_t(i) + 1] = first[size_t(i)] + n_head * ((std::max<int64_t>(seqs[i].S, 0) + kQChunk - 1) / kQChunk);
+    const int64_t *firsts = first.data();   // (the workers' thread_local is another vector)
+
+    auto run = [&](int64_t task, int) {
+        int i = 0;
+        while (task >= firsts[i + 1]) ++i;
+        const AttnSeq &sq = seqs[i];
+        task -= firsts[i];
+        const int64_t q_chunks = (sq.S + kQChunk - 1) / kQChunk;
+        const int64_t h = task % n_head, qc = q_chunks - 1 - task / n_head;   // longest rows first
+        const int64_t kvh = h / group, pos0 = sq.pos0;
+        static thread_local std::vector<float> scores;   // [T], or the blocked path's scratch
+        const int64_t T = pos0 + sq.S, s0 = qc * kQChunk, nq = std::min(sq.S, s0 + kQChunk) - s0;
+        const KV *k = static_cast<const KV *>(sq.k) + kvh * hd, *v = static_cast<const KV *>(sq.v) + kvh * hd;
+        const float *q = sq.q;
+        float *out = sq.out;
+        if (simd && nq >= 4) {   // queries in SIMD lanes: no horizontal sum per key
+            const size_t need = size_t((T + hd) * kQChunk + 8 * hd);   // + a block of keys as floats
+            if (scores.size() < need) scores.resize(need);
+            block_fn(q + (s0 * n_head + h) * hd, n_head * hd, int(nq), k, v, kv_stride, pos0 + s0 + 1, hd, scale,
+                     out + (s0 * n_head + h) * hd, n_head * hd, scores.data());
+            return;
+        }
+        if (int64_t(scores.size()) < T) scores.resize(size_t(T));
+        for (int64_t s = s0; s < s0 + nq; ++s) {
+            const float *qv = q + (s * n_head + h) * hd;
+            const int64_t n_keys = pos0 + s + 1;
+            float *sc = scores.data();
+            scores_fn(qv, k, kv_stride, n_keys, hd, scale, sc);
+            const double sum = exp_fn(sc, n_keys);
+            float *o = out + (s * n_head + h) * hd;
+            accum_fn(sc, v, kv_stride, n_keys, hd, o);
+            const float inv = float(1.0 / sum);
+            for (int64_t e = 0; e < hd; ++e) o[e] *= inv;
+        }
+    };
+    const int64_t n_tasks = firsts[n_seqs];
+    if (pool && pool->size() > 1 && n_tasks > 1)
+        pool->parallel_for(n_tasks, std::ref(run));
+    else
+        for (int64_t t = 0; t < n_tasks; ++t) run(t, 0);
 }
 
 }  // namespace
@@ -343,69 +429,23 @@ void softmax(float *x, int64_t S, int64_t n) {
     }
 }
 
-void attention(const float *q, const float *k, const float *v, int64_t kv_stride, float *out, int64_t S, int64_t pos0,
-               int64_t n_head, int64_t n_head_kv, int64_t hd, ThreadPool *pool) {
-    const AttnSeq one{q, k, v, out, S, pos0};
-    attention_seqs(&one, 1, kv_stride, n_head, n_head_kv, hd, pool);
+void kv_store(const float *src, Type type, void *dst, int64_t n) {
+    if (type != Type::F16) {
+        std::memcpy(dst, src, sizeof(float) * size_t(n));
+        return;
+    }
+    uint16_t *h = static_cast<uint16_t *>(dst);
+    if (active_isa() != Isa::Portable) return kv_store_f16_avx2(src, h, n);
+    for (int64_t i = 0; i < n; ++i) h[i] = f32_to_f16(src[i]);
 }
 
-void attention_seqs(const AttnSeq *seqs, int n_seqs, int64_t kv_stride, int64_t n_head, int64_t n_head_kv, int64_t hd,
-                    ThreadPool *pool) {
+void attention_seqs(const AttnSeq *seqs, int n_seqs, Type kv_type, int64_t kv_stride, int64_t n_head, int64_t n_head_kv,
+                    int64_t hd, ThreadPool *pool) {
     if (n_seqs <= 0 || n_head <= 0 || n_head_kv <= 0) return;
-    const bool simd = active_isa() != Isa::Portable;
-    auto scores_fn = simd ? attn_scores_avx2 : attn_scores_portable;
-    auto accum_fn = simd ? attn_accum_avx2 : attn_accum_portable;
-    auto exp_fn = simd ? softmax_exp_avx2 : softmax_exp_portable;
-    const int64_t group = n_head / n_head_kv;
-    const float scale = float(1.0 / std::sqrt(double(hd)));
-    constexpr int64_t kQChunk = 16;   // queries per task
-    // tasks of sequence i: first[i] .. first[i + 1], n_head per chunk of queries
-    static thread_local std::vector<int64_t> first;
-    first.assign(size_t(n_seqs) + 1, 0);
-    for (int i = 0; i < n_seqs; ++i)
-        first[size_t(i) + 1] = first[size_t(i)] + n_head * ((std::max<int64_t>(seqs[i].S, 0) + kQChunk - 1) / kQChunk);
-    const int64_t *firsts = first.data();   // (the workers' thread_local is another vector)
-
-    const Isa isa = active_isa();
-    auto block_fn = isa == Isa::Avx512 ? attention_block_avx512 : attention_block_avx2;
-    const bool blocked = isa != Isa::Portable;
-    auto run = [&](int64_t task, int) {
-        int i = 0;
-        while (task >= firsts[i + 1]) ++i;
-        const AttnSeq &sq = seqs[i];
-        task -= firsts[i];
-        const int64_t q_chunks = (sq.S + kQChunk - 1) / kQChunk;
-        const int64_t h = task % n_head, qc = q_chunks - 1 - task / n_head;   // longest rows first
-        const int64_t kvh = h / group, pos0 = sq.pos0;
-        static thread_local std::vector<float> scores;   // [T], or the blocked path's scratch
-        const int64_t T = pos0 + sq.S, s0 = qc * kQChunk, nq = std::min(sq.S, s0 + kQChunk) - s0;
-        const float *k = sq.k, *v = sq.v, *q = sq.q;
-        float *out = sq.out;
-        if (blocked && nq >= 4) {   // queries in SIMD lanes: no horizontal sum per key
-            const size_t need = size_t((T + hd) * kQChunk);
-            if (scores.size() < need) scores.resize(need);
-            block_fn(q + (s0 * n_head + h) * hd, n_head * hd, int(nq), k + kvh * hd, v + kvh * hd, kv_stride,
-                     pos0 + s0 + 1, hd, scale, out + (s0 * n_head + h) * hd, n_head * hd, scores.data());
-            return;
-        }
-        if (int64_t(scores.size()) < T) scores.resize(size_t(T));
-        for (int64_t s = s0; s < s0 + nq; ++s) {
-            const float *qv = q + (s * n_head + h) * hd;
-            const int64_t n_keys = pos0 + s + 1;
-            float *sc = scores.data();
-            scores_fn(qv, k + kvh * hd, kv_stride, n_keys, hd, scale, sc);
-            const double sum = exp_fn(sc, n_keys);
-            float *o = out + (s * n_head + h) * hd;
-            accum_fn(sc, v + kvh * hd, kv_stride, n_keys, hd, o);
-            const float inv = float(1.0 / sum);
-            for (int64_t e = 0; e < hd; ++e) o[e] *= inv;
-        }
-    };
-    const int64_t n_tasks = firsts[n_seqs];
-    if (pool && pool->size() > 1 && n_tasks > 1)
-        pool->parallel_for(n_tasks, std::ref(run));
+    if (kv_type == Type::F16)
+        attention_seqs_of<uint16_t>(seqs, n_seqs, kv_stride, n_head, n_head_kv, hd, pool);
     else
-        for (int64_t t = 0; t < n_tasks; ++t) run(t, 0);
+        attention_seqs_of<float>(seqs, n_seqs, kv_stride, n_head, n_head_kv, hd, pool);
 }
 
 }  // namespace mole::cpu

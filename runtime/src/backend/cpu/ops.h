@@ -51,24 +51,26 @@ void gelu(float *x, int64_t n, ThreadPool *pool = nullptr);
 // Row-wise softmax in place, x[S, n].
 void softmax(float *x, int64_t S, int64_t n);
 
-// Causal attention for one sequence.
+// Writes n floats to a KV cache of `type` (F32: a copy; F16: rounded to nearest even, the same
+// on every ISA).
+void kv_store(const float *src, Type type, void *dst, int64_t n);
+
+// Causal attention for several sequences in one dispatch over pool (a decode step of n sequences
+// is then one fork and join per layer, not n). For sequence i, with seqs[i]'s fields:
 //   q     [S, n_head, hd]                 queries of the S new tokens at positions pos0 .. pos0+S-1
-//   k, v  [T, n_head_kv, hd] with stride kv_stride floats between positions (T = pos0 + S)
+//   k, v  [T, n_head_kv, hd] of kv_type (F32 or F16), kv_stride elements between positions
+//         (T = pos0 + S)
 //   out   [S, n_head, hd]
 // Head h reads kv head h / (n_head / n_head_kv) (GQA). Scale 1/sqrt(hd). Token s sees
 // positions 0 .. pos0+s.
-void attention(const float *q, const float *k, const float *v, int64_t kv_stride, float *out, int64_t S, int64_t pos0,
-               int64_t n_head, int64_t n_head_kv, int64_t hd, ThreadPool *pool);
-// The same for several sequences in one dispatch over pool (a decode step of n sequences is then
-// one fork and join per layer, not n): sequence i is attention(q, k, v, kv_stride, out, S, pos0, ...)
-// with seqs[i]'s fields.
 struct AttnSeq {
-    const float *q, *k, *v;
+    const float *q;
+    const void *k, *v;
     float *out;
     int64_t S, pos0;
 };
-void attention_seqs(const AttnSeq *seqs, int n_seqs, int64_t kv_stride, int64_t n_head, int64_t n_head_kv, int64_t hd,
-                    ThreadPool *pool);
+void attention_seqs(const AttnSeq *seqs, int n_seqs, Type kv_type, int64_t kv_stride, int64_t n_head, int64_t n_head_kv,
+                    int64_t hd, ThreadPool *pool);
 
 // MoLE mix: out[d] += sum_j g[j] * rows[j, d], rows = the token's N expert outputs for one layer.
 void lut_mix(const float *g, const float *rows, int64_t N, int64_t d, float *out);

@@ -275,11 +275,12 @@ public:
             return;
         }
         const int64_t S = plan_->n_rows;
-        kv_append(k, v, S, kv.kv_dim, d_row_seq_, d_pos_, kv.k, kv.v, kv.n_layer, layer, kv.n_ctx, st_);
+        float *kc = static_cast<float *>(kv.k), *vc = static_cast<float *>(kv.v);   // f32: its only kv_types
+        kv_append(k, v, S, kv.kv_dim, d_row_seq_, d_pos_, kc, vc, kv.n_layer, layer, kv.n_ctx, st_);
         AttnArgs a{};
         a.q = q;
-        a.k_cache = kv.k;
-        a.v_cache = kv.v;
+        a.k_cache = kc;
+        a.v_cache = vc;
         a.out = out;
         a.pos = d_pos_;
         a.tiles = d_tiles_;
