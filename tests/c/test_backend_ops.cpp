@@ -411,6 +411,7 @@ const Op kRope{"rope", rope_make, rope_run, rope_ref};
 // c.type: the KV cache's element type (F32 or F16). f[0] q [S, H, hd], f[1] k and f[2] v [S, kvd]
 // of the new rows; f[3], f[4] the cached K, V [n_seq, n_ctx, kvd] (positions before the step; the
 // rest is overwritten), f16 values when the cache is; f[5], f[6] the new rows as the cache keeps them.
+// The backend's cache is head-major (backend.h): [n_seq, L, Hkv, n_ctx, hd].
 int64_t attn_ctx(const Case &c) { return c.pos0 + c.n_seq + c.S; }
 void attn_make(const Case &c, Rng &rng, Problem &p) {
     make_plan(c, rng, p, 8);
@@ -444,13 +445,18 @@ std::vector<float> attn_run(Dev &dv, const Case &c, const Problem &p) {
     kv.n_layer = 2;
     kv.kv_dim = kvd;
     kv.type = c.type;
-    // the cache holds layer 0 (never touched) and layer 1 (the step's) of each sequence
+    // the cache holds layer 0 (never touched) and layer 1 (the step's) of each sequence;
+    // at(sq, t, e): element e of position t's [kvd] in it
+    auto at = [&](int64_t sq, int64_t t, int64_t e) {
+        return size_t((((sq * 2 + layer) * c.Hkv + e / c.hd) * T + t) * c.hd + e % c.hd);
+    };
     std::vector<float> kc(size_t(c.n_seq * 2 * T * kvd), 7.0f), vc(kc.size(), 7.0f);
     for (int32_t sq = 0; sq < c.n_seq; ++sq)
-        for (int64_t i = 0; i < T * kvd; ++i) {
-            kc[size_t((sq * 2 + layer) * T * kvd + i)] = p.f[3][size_t(sq * T * kvd + i)];
-            vc[size_t((sq * 2 + layer) * T * kvd + i)] = p.f[4][size_t(sq * T * kvd + i)];
-        }
+        for (int64_t t = 0; t < T; ++t)
+            for (int64_t e = 0; e < kvd; ++e) {
+                kc[at(sq, t, e)] = p.f[3][size_t((sq * T + t) * kvd + e)];
+                vc[at(sq, t, e)] = p.f[4][size_t((sq * T + t) * kvd + e)];
+            }
     std::vector<uint8_t> kb = kv_bytes(c.type, kc), vb = kv_bytes(c.type, vc);
     check(
         dv.be->alloc(kb.size(), "K", &kv.k) == MOLE_STATUS_OK && dv.be->alloc(vb.size(), "V", &kv.v) == MOLE_STATUS_OK,
@@ -466,9 +472,11 @@ std::vector<float> attn_run(Dev &dv, const Case &c, const Problem &p) {
     dv.be->download(vg.data(), kv.v, vg.size());
     const Rows rows = plan_rows(p);
     for (int64_t s = 0; s < c.S; ++s) {
-        const int64_t sq = p.seq_ids[size_t(rows.entry[size_t(s)])], at = (sq * 2 + layer) * T + rows.pos[size_t(s)];
-        std::memcpy(&kc[size_t(at * kvd)], &p.f[5][size_t(s * kvd)], size_t(kvd) * 4);
-        std::memcpy(&vc[size_t(at * kvd)], &p.f[6][size_t(s * kvd)], size_t(kvd) * 4);
+        const int64_t sq = p.seq_ids[size_t(rows.entry[size_t(s)])], t = rows.pos[size_t(s)];
+        for (int64_t e = 0; e < kvd; ++e) {
+            kc[at(sq, t, e)] = p.f[5][size_t(s * kvd + e)];
+            vc[at(sq, t, e)] = p.f[6][size_t(s * kvd + e)];
+        }
     }
     check(kg == kv_bytes(c.type, kc) && vg == kv_bytes(c.type, vc),
           fmt("%s [%s]: K/V appended at the planned positions, the rest unchanged", c.label().c_str(), dv.be->name()));

@@ -50,15 +50,16 @@ public:
     virtual ~WeightStore() = default;
 };
 
-// K and V of every sequence and layer, in backend memory: [n_seq, L, n_ctx, kv_dim] each, of
-// `type`: F32, or F16 (IEEE half, half the bytes a decode step reads; the CPU's default).
+// K and V of every sequence and layer, in backend memory: [n_seq, L, n_head_kv, n_ctx, hd] each
+// (head-major: a query reads its head's keys as one contiguous run of positions), of `type`: F32,
+// or F16 (IEEE half, half the bytes a decode step reads; the CPU's default).
 struct KvCache {
     int32_t n_ctx = 0, n_seq = 0, n_layer = 0;
     int64_t kv_dim = 0;   // n_head_kv * hd
     Type type = Type::F32;
     void *k = nullptr, *v = nullptr;
     size_t elem_bytes() const { return type == Type::F16 ? 2 : 4; }
-    // elements before (seq, layer)'s first position
+    // elements before (seq, layer)'s first head; head h's position t is h * n_ctx * hd + t * hd on
     int64_t offset(int32_t seq, int32_t layer) const { return (int64_t(seq) * n_layer + layer) * n_ctx * kv_dim; }
     void *k_at(int32_t seq, int32_t layer) const { return static_cast<char *>(k) + offset(seq, layer) * elem_bytes(); }
     void *v_at(int32_t seq, int32_t layer) const { return static_cast<char *>(v) + offset(seq, layer) * elem_bytes(); }

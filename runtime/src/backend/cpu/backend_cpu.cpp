@@ -140,12 +140,13 @@ public:
             const int32_t r0 = p.group_start[g], len = p.group_len[g], pos0 = p.pos[r0];
             char *kc = static_cast<char *>(kv.k_at(p.group_seq[g], layer));
             char *vc = static_cast<char *>(kv.v_at(p.group_seq[g], layer));
-            const int64_t at = int64_t(pos0) * kvd * int64_t(kv.elem_bytes());
-            cpu::kv_store(k + int64_t(r0) * kvd, kv.type, kc + at, len * kvd);
-            cpu::kv_store(v + int64_t(r0) * kvd, kv.type, vc + at, len * kvd);
+            cpu::kv_store_heads(k + int64_t(r0) * kvd, len, n_head_kv, hd, kv.type, kc, kv.n_ctx, pos0);
+            cpu::kv_store_heads(v + int64_t(r0) * kvd, len, n_head_kv, hd, kv.type, vc, kv.n_ctx, pos0);
             attn_seqs_[size_t(g)] = cpu::AttnSeq{q + int64_t(r0) * qd, kc, vc, out + int64_t(r0) * qd, len, pos0};
         }
-        cpu::attention_seqs(attn_seqs_.data(), p.n_groups, kv.type, kvd, n_head, n_head_kv, hd, &pool_);
+        // head-major cache: positions hd apart, heads n_ctx * hd
+        cpu::attention_seqs(attn_seqs_.data(), p.n_groups, kv.type, hd, int64_t(kv.n_ctx) * hd, n_head, n_head_kv, hd,
+                            &pool_);
     }
 
     void softmax(float *x, int64_t S, int64_t n) override { cpu::softmax(x, S, n); }

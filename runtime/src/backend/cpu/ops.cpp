@@ -352,8 +352,8 @@ void attn_accum_portable(const float *p, const KV *v, int64_t kv_stride, int64_t
         for (int64_t e = 0; e < hd; ++e) out[e] += p[t] * kv_f32(v[t * kv_stride + e]);
 }
 
-template <class KV> void attention_seqs_of(const AttnSeq *seqs, int n_seqs, int64_t kv_stride, int64_t n_head,
-                                           int64_t n_head_kv, int64_t hd, ThreadPool *pool) {
+template <class KV> void attention_seqs_of(const AttnSeq *seqs, int n_seqs, int64_t kv_stride, int64_t head_stride,
+                                           int64_t n_head, int64_t n_head_kv, int64_t hd, ThreadPool *pool) {
     const Isa isa = active_isa();
     const bool simd = isa != Isa::Portable;
     using ScoresFn = void (*)(const float *, const KV *, int64_t, int64_t, int64_t, float, float *);
@@ -389,7 +389,8 @@ template <class KV> void attention_seqs_of(const AttnSeq *seqs, int n_seqs, int6
         const int64_t kvh = h / group, pos0 = sq.pos0;
         static thread_local std::vector<float> scores;   // [T], or the blocked path's scratch
         const int64_t T = pos0 + sq.S, s0 = qc * kQChunk, nq = std::min(sq.S, s0 + kQChunk) - s0;
-        const KV *k = static_cast<const KV *>(sq.k) + kvh * hd, *v = static_cast<const KV *>(sq.v) + kvh * hd;
+        const KV *k = static_cast<const KV *>(sq.k) + kvh * head_stride,
+                 *v = static_cast<const KV *>(sq.v) + kvh * head_stride;
         const float *q = sq.q;
         float *out = sq.out;
         if (simd && nq >= 4) {   // queries in SIMD lanes: no horizontal sum per key
@@ -429,6 +430,15 @@ void softmax(float *x, int64_t S, int64_t n) {
     }
 }
 
+void kv_store_heads(const float *src, int64_t S, int64_t n_head_kv, int64_t hd, Type type, void *dst, int64_t n_ctx,
+                    int64_t pos0) {
+    const size_t eb = type == Type::F16 ? 2 : 4;
+    for (int64_t j = 0; j < n_head_kv; ++j) {
+        char *head = static_cast<char *>(dst) + size_t((j * n_ctx + pos0) * hd) * eb;
+        for (int64_t s = 0; s < S; ++s) kv_store(src + (s * n_head_kv + j) * hd, type, head + size_t(s * hd) * eb, hd);
+    }
+}
+
 void kv_store(const float *src, Type type, void *dst, int64_t n) {
     if (type != Type::F16) {
         std::memcpy(dst, src, sizeof(float) * size_t(n));
@@ -439,13 +449,13 @@ void kv_store(const float *src, Type type, void *dst, int64_t n) {
     for (int64_t i = 0; i < n; ++i) h[i] = f32_to_f16(src[i]);
 }
 
-void attention_seqs(const AttnSeq *seqs, int n_seqs, Type kv_type, int64_t kv_stride, int64_t n_head, int64_t n_head_kv,
-                    int64_t hd, ThreadPool *pool) {
+void attention_seqs(const AttnSeq *seqs, int n_seqs, Type kv_type, int64_t kv_stride, int64_t head_stride,
+                    int64_t n_head, int64_t n_head_kv, int64_t hd, ThreadPool *pool) {
     if (n_seqs <= 0 || n_head <= 0 || n_head_kv <= 0) return;
     if (kv_type == Type::F16)
-        attention_seqs_of<uint16_t>(seqs, n_seqs, kv_stride, n_head, n_head_kv, hd, pool);
+        attention_seqs_of<uint16_t>(seqs, n_seqs, kv_stride, head_stride, n_head, n_head_kv, hd, pool);
     else
-        attention_seqs_of<float>(seqs, n_seqs, kv_stride, n_head, n_head_kv, hd, pool);
+        attention_seqs_of<float>(seqs, n_seqs, kv_stride, head_stride, n_head, n_head_kv, hd, pool);
 }
 
 }  // namespace mole::cpu

@@ -54,12 +54,16 @@ void softmax(float *x, int64_t S, int64_t n);
 // Writes n floats to a KV cache of `type` (F32: a copy; F16: rounded to nearest even, the same
 // on every ISA).
 void kv_store(const float *src, Type type, void *dst, int64_t n);
+// Appends src [S, n_head_kv, hd] at positions pos0 .. pos0+S-1 of one sequence and layer of a
+// head-major cache, dst [n_head_kv, n_ctx, hd] of `type` (as kv_store writes).
+void kv_store_heads(const float *src, int64_t S, int64_t n_head_kv, int64_t hd, Type type, void *dst, int64_t n_ctx,
+                    int64_t pos0);
 
 // Causal attention for several sequences in one dispatch over pool (a decode step of n sequences
 // is then one fork and join per layer, not n). For sequence i, with seqs[i]'s fields:
 //   q     [S, n_head, hd]                 queries of the S new tokens at positions pos0 .. pos0+S-1
-//   k, v  [T, n_head_kv, hd] of kv_type (F32 or F16), kv_stride elements between positions
-//         (T = pos0 + S)
+//   k, v  of kv_type (F32 or F16): kv head j's position t at j * head_stride + t * kv_stride
+//         elements, hd of them (T = pos0 + S positions; head-major caches: kv_stride = hd)
 //   out   [S, n_head, hd]
 // Head h reads kv head h / (n_head / n_head_kv) (GQA). Scale 1/sqrt(hd). Token s sees
 // positions 0 .. pos0+s.
@@ -69,8 +73,8 @@ struct AttnSeq {
     float *out;
     int64_t S, pos0;
 };
-void attention_seqs(const AttnSeq *seqs, int n_seqs, Type kv_type, int64_t kv_stride, int64_t n_head, int64_t n_head_kv,
-                    int64_t hd, ThreadPool *pool);
+void attention_seqs(const AttnSeq *seqs, int n_seqs, Type kv_type, int64_t kv_stride, int64_t head_stride,
+                    int64_t n_head, int64_t n_head_kv, int64_t hd, ThreadPool *pool);
 
 // MoLE mix: out[d] += sum_j g[j] * rows[j, d], rows = the token's N expert outputs for one layer.
 void lut_mix(const float *g, const float *rows, int64_t N, int64_t d, float *out);

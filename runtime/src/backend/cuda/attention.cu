@@ -16,13 +16,13 @@ constexpr int kWarps = 4;                         // per block
 constexpr int kQPerWarp = kAttnQ / kWarps;        // 2
 constexpr int kMaxHd = 256, kDims = kMaxHd / kWarp;   // output dims per lane
 
-MOLE_GLOBAL void kv_append_kernel(const float *k, const float *v, int64_t n, int64_t kvd, const int32_t *row_seq,
-                                  const int32_t *pos, float *kc, float *vc, int64_t n_layer, int64_t layer,
-                                  int64_t n_ctx) {
+MOLE_GLOBAL void kv_append_kernel(const float *k, const float *v, int64_t n, int64_t kvd, int64_t hd,
+                                  const int32_t *row_seq, const int32_t *pos, float *kc, float *vc, int64_t n_layer,
+                                  int64_t layer, int64_t n_ctx) {
     const int64_t t = int64_t(blockIdx.x) * 256 + threadIdx.x;
     if (t >= n) return;
-    const int64_t r = t / kvd, e = t % kvd;
-    const int64_t at = ((int64_t(row_seq[r]) * n_layer + layer) * n_ctx + pos[r]) * kvd + e;
+    const int64_t r = t / kvd, e = t % kvd, j = e / hd;   // row, element, its kv head
+    const int64_t at = (((int64_t(row_seq[r]) * n_layer + layer) * (kvd / hd) + j) * n_ctx + pos[r]) * hd + e % hd;
     kc[at] = k[t];
     vc[at] = v[t];
 }
@@ -37,7 +37,7 @@ MOLE_GLOBAL void attention_kernel(AttnArgs a) {
     const int h = int(blockIdx.y), split = int(blockIdx.z);
     const int kvh = h / (a.H / a.Hkv);
     const int tid = int(threadIdx.x), warp = tid / kWarp, lane = tid % kWarp;
-    const int64_t base = (int64_t(tile.seq) * a.n_layer + a.layer) * a.n_ctx * a.kvd + int64_t(kvh) * hd;
+    const int64_t base = ((int64_t(tile.seq) * a.n_layer + a.layer) * a.Hkv + kvh) * a.n_ctx * hd;   // head-major
     const float *kc = a.k_cache + base, *vc = a.v_cache + base;
     const int64_t n_keys = int64_t(tile.max_pos) + 1;
     const int64_t chunk = ((n_keys + a.n_split - 1) / a.n_split + kKT - 1) / kKT * kKT;
@@ -61,8 +61,8 @@ MOLE_GLOBAL void attention_kernel(AttnArgs a) {
         for (int i = tid; i < kKT * hd; i += kWarps * kWarp) {
             const int key = i / hd, e = i % hd;
             const int64_t t = tt + key;
-            k_sh[key * stride + e] = t < t1 ? kc[t * a.kvd + e] : 0.0f;
-            v_sh[key * stride + e] = t < t1 ? vc[t * a.kvd + e] : 0.0f;
+            k_sh[key * stride + e] = t < t1 ? kc[t * hd + e] : 0.0f;
+            v_sh[key * stride + e] = t < t1 ? vc[t * hd + e] : 0.0f;
         }
         __syncthreads();
         for (int j = 0; j < kQPerWarp; ++j) {
@@ -153,12 +153,13 @@ int64_t attention_partial_floats(int64_t S, int64_t H, int64_t hd, int32_t n_spl
     return n_split > 1 ? int64_t(n_split) * S * H * (hd + 2) : 0;
 }
 
-void kv_append(const float *k, const float *v, int64_t S, int64_t kvd, const int32_t *row_seq, const int32_t *pos,
-               float *k_cache, float *v_cache, int64_t n_layer, int64_t layer, int64_t n_ctx, cudaStream_t st) {
+void kv_append(const float *k, const float *v, int64_t S, int64_t kvd, int64_t hd, const int32_t *row_seq,
+               const int32_t *pos, float *k_cache, float *v_cache, int64_t n_layer, int64_t layer, int64_t n_ctx,
+               cudaStream_t st) {
     const int64_t n = S * kvd;
     if (n <= 0) return;
-    MOLE_LAUNCH(kv_append_kernel, unsigned((n + 255) / 256), 256, 0, st, k, v, n, kvd, row_seq, pos, k_cache, v_cache,
-                n_layer, layer, n_ctx);
+    MOLE_LAUNCH(kv_append_kernel, unsigned((n + 255) / 256), 256, 0, st, k, v, n, kvd, hd, row_seq, pos, k_cache,
+                v_cache, n_layer, layer, n_ctx);
 }
 
 void attention(const AttnArgs &a, cudaStream_t st) {

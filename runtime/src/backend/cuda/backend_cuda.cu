@@ -276,7 +276,7 @@ public:
         }
         const int64_t S = plan_->n_rows;
         float *kc = static_cast<float *>(kv.k), *vc = static_cast<float *>(kv.v);   // f32: its only kv_types
-        kv_append(k, v, S, kv.kv_dim, d_row_seq_, d_pos_, kc, vc, kv.n_layer, layer, kv.n_ctx, st_);
+        kv_append(k, v, S, kv.kv_dim, hd, d_row_seq_, d_pos_, kc, vc, kv.n_layer, layer, kv.n_ctx, st_);
         AttnArgs a{};
         a.q = q;
         a.k_cache = kc;
@@ -293,7 +293,6 @@ public:
         a.n_layer = kv.n_layer;
         a.layer = layer;
         a.n_ctx = kv.n_ctx;
-        a.kvd = kv.kv_dim;
         const int64_t np = attention_partial_floats(S, n_head, hd, a.n_split);
         a.partial = np > 0 ? static_cast<float *>(scratch(partial_, partial_cap_, uint64_t(np) * 4)) : nullptr;
         if (np > 0 && !a.partial) return;

@@ -41,9 +41,11 @@ constexpr int kAttnQ = 8;
 struct AttnTile {
     int32_t row0, n_rows, seq, max_pos;   // rows [row0, row0 + n_rows); the last row's position
 };
-// K, V of the step's rows [S, kvd] to their positions: cache row (row_seq[r] * L + layer) * n_ctx + pos[r].
-void kv_append(const float *k, const float *v, int64_t S, int64_t kvd, const int32_t *row_seq, const int32_t *pos,
-               float *k_cache, float *v_cache, int64_t n_layer, int64_t layer, int64_t n_ctx, cudaStream_t st);
+// K, V of the step's rows [S, kvd = Hkv * hd] to their positions in the head-major cache
+// [n_seq, L, Hkv, n_ctx, hd]: kv head j of row r at ((row_seq[r] * L + layer) * Hkv + j) * n_ctx + pos[r].
+void kv_append(const float *k, const float *v, int64_t S, int64_t kvd, int64_t hd, const int32_t *row_seq,
+               const int32_t *pos, float *k_cache, float *v_cache, int64_t n_layer, int64_t layer, int64_t n_ctx,
+               cudaStream_t st);
 // out [S, H, hd] = causal attention of q [S, H, hd] over each row's sequence (keys 0 .. pos[r]) in
 // layer `layer` of the cache; kv head h / (H / Hkv). Keys are split over n_split blocks per tile
 // and head (flash-decoding) when n_split > 1; partial needs attention_partial_floats(...) floats.
@@ -54,7 +56,7 @@ struct AttnArgs {
     const int32_t *pos;
     const AttnTile *tiles;
     int32_t n_tiles, n_split, H, Hkv, hd;
-    int64_t S, n_layer, layer, n_ctx, kvd;
+    int64_t S, n_layer, layer, n_ctx;
     float *partial;
 };
 int64_t attention_partial_floats(int64_t S, int64_t H, int64_t hd, int32_t n_split);
