@@ -26,14 +26,11 @@ template <auto Hint> inline void prefetch_block(const uint8_t *p) {
 }
 
 // The decode tile streams 4 groups; besides the block after next (into L1) it fetches the same
-// block of the next tile's groups into L2, the way the row kernels fetch the next rows, so twice the
-// bytes are in flight: 13-19% less time on the FFN and output matrices at 2 threads on a Zen 3, where
-// the L1 prefetch alone left the weight stream at 60-70% of the machine's read bandwidth. (The batch
-// tile, more compute per byte, was 8-11% slower with it on the FFN down matrix, so it goes without.)
-// False for the last tile of the tensor (nothing past it is touched).
-inline bool has_next_tile(const Q8x16Args &a, int64_t g0, int G) {
-    return g0 + 2 * G <= (a.n + kQ8x16Rows - 1) / kQ8x16Rows;
-}
+// block of the next tile's groups into L2 (q8x16_next_tile_bytes), the way the row kernels fetch the
+// next rows, so twice the bytes are in flight: 13-19% less time on the FFN and output matrices at 2
+// threads on a Zen 3, where the L1 prefetch alone left the weight stream at 60-70% of the machine's
+// read bandwidth. (The batch tile, more compute per byte, was 8-11% slower with it on the FFN down
+// matrix there, so it goes without.)
 
 // Where half h of the packed tensor keeps block b's scales (8 f16) and its 8 lines of 32 bytes.
 struct Half {
@@ -112,7 +109,7 @@ template <class D, int G> void decode(const Q8x16Args &a, int64_t g0, int64_t s,
     const int32_t *xs = a.xq.sum + s * nb;
     __m256 acc[2 * G];
     for (int i = 0; i < 2 * G; ++i) acc[i] = _mm256_setzero_ps();
-    const int64_t next = has_next_tile(a, g0, G) ? G * q8x16_group_bytes(a.k) : 0;
+    const int64_t next = q8x16_next_tile_bytes(a.n, a.k, g0, G);
     for (int64_t b = 0; b < nb; ++b) {
         for (int g = 0; g < G; ++g) {
             prefetch_block<_MM_HINT_T0>(hs[2 * g].qs + (b + 2) * 512);

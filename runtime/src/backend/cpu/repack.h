@@ -28,6 +28,11 @@ constexpr int64_t kQ8x16BatchRows = 16;
 inline int64_t q8x16_scale_bytes(int64_t k) { return (k / QK * kQ8x16Rows * 2 + 63) / 64 * 64; }
 inline int64_t q8x16_group_bytes(int64_t k) { return q8x16_scale_bytes(k) + k / QK * 512; }
 inline int64_t q8x16_bytes(int64_t n, int64_t k) { return (n + kQ8x16Rows - 1) / kQ8x16Rows * q8x16_group_bytes(k); }
+// How far the tile of groups g0 .. g0+G is from the next one, in bytes, for the decode tiles'
+// L2 prefetch of the next tile; 0 for the last tile of the tensor (nothing past it is touched).
+inline int64_t q8x16_next_tile_bytes(int64_t n, int64_t k, int64_t g0, int G) {
+    return g0 + 2 * G <= (n + kQ8x16Rows - 1) / kQ8x16Rows ? G * q8x16_group_bytes(k) : 0;
+}
 
 // Writes rows [r0, r1) of a q8_0 tensor (src = row r0, rows of k/32 BlockQ8_0, contiguous) into
 // their place in dst (the whole packed tensor). r0 must be a multiple of 16; rows of a group not
