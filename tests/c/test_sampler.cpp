@@ -9,6 +9,7 @@
 #include <cstring>
 #include <new>
 #include <numeric>
+#include <random>
 #include <vector>
 
 #include "sampler.h"
@@ -110,6 +111,23 @@ static void test_greedy() {
     auto k1 = make(params(1.0f, 1));                                // top-k = 1 is greedy
     std::vector<float> l = {0.5f, 0.7f, 0.7f, 0.1f};
     for (int i = 0; i < 50; i++) CHECK(draw(*k1, l) == 1);
+    // the one-pass greedy path (temperature 0, no penalty) against the candidate path (top-k = 1) on
+    // coarse random logits: many ties, -inf entries, vocabularies of every small size
+    std::mt19937 rng(7);
+    for (int trial = 0; trial < 300; trial++) {
+        std::vector<float> v(size_t(1 + trial % 97));
+        for (float &x : v) x = (rng() % 9 == 0) ? -INFINITY : float(int(rng() % 7) - 3);
+        if (std::all_of(v.begin(), v.end(), [](float x) { return x == -INFINITY; })) v[v.size() / 2] = 0.0f;
+        CHECK(draw(*s, v) == draw(*k1, v));
+    }
+    // its errors: the first bad logit named, as on the candidate path
+    int32_t t;
+    float bad[4] = {0.0f, 1.0f, INFINITY, NAN};
+    CHECK(s->sample(bad, 4, &t) == MOLE_STATUS_INVALID_ARGUMENT && std::strstr(last_error(), "logit 2 is +inf"));
+    bad[2] = 0.5f;
+    CHECK(s->sample(bad, 4, &t) == MOLE_STATUS_INVALID_ARGUMENT && std::strstr(last_error(), "logit 3 is NaN"));
+    float ninf[3] = {-INFINITY, -INFINITY, -INFINITY};
+    CHECK(s->sample(ninf, 3, &t) == MOLE_STATUS_INVALID_ARGUMENT && std::strstr(last_error(), "every logit is -inf"));
 }
 
 static void test_filters() {
