@@ -5,6 +5,9 @@
 
 #include <algorithm>
 #include <cmath>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace mole {
 
@@ -73,6 +76,56 @@ void Sampler::reset() {
     rng_.seed_with(params_.seed);
 }
 
+namespace {
+
+// Scalar scan of [i, n): the first NaN or +inf (returned), else the first of the largest values
+// above *best_logit (into *best, *best_logit); -1 when none is bad.
+int32_t argmax_scan(const float *x, int32_t i, int32_t n, int32_t *best, float *best_logit) {
+    for (; i < n; i++) {
+        const float l = x[i];
+        if (!(l < INFINITY)) return i;
+        if (l > *best_logit) {
+            *best_logit = l;
+            *best = i;
+        }
+    }
+    return -1;
+}
+
+// The first index of the largest of x[0 .. n) into *best; returns the first NaN or +inf index, or -1.
+// In blocks of 32 with SSE2 (every x86-64): 13 us against 33-48 us for the scalar scan on 50k logits.
+int32_t argmax_finite(const float *x, int32_t n, int32_t *best) {
+    float best_logit = -INFINITY;
+    *best = 0;
+    int32_t i = 0;
+#if defined(__SSE2__)
+    const __m128 inf = _mm_set1_ps(INFINITY);
+    for (; i + 32 <= n; i += 32) {
+        __m128 m0 = _mm_set1_ps(-INFINITY), m1 = m0, bad = _mm_setzero_ps();
+        for (int j = 0; j < 32; j += 8) {
+            const __m128 a = _mm_loadu_ps(x + i + j), b = _mm_loadu_ps(x + i + j + 4);
+            bad = _mm_or_ps(bad, _mm_or_ps(_mm_cmpnlt_ps(a, inf), _mm_cmpnlt_ps(b, inf)));   // NaN or +inf
+            m0 = _mm_max_ps(m0, a);
+            m1 = _mm_max_ps(m1, b);
+        }
+        if (_mm_movemask_ps(bad)) return argmax_scan(x, i, i + 32, best, &best_logit);   // names the first
+        m0 = _mm_max_ps(m0, m1);
+        m0 = _mm_max_ps(m0, _mm_movehl_ps(m0, m0));
+        m0 = _mm_max_ss(m0, _mm_shuffle_ps(m0, m0, 1));
+        const float bm = _mm_cvtss_f32(m0);
+        if (bm > best_logit) {   // earlier blocks are all below bm: its first occurrence here is the first
+            int32_t j = i;
+            while (x[j] != bm) j++;
+            *best = j;
+            best_logit = bm;
+        }
+    }
+#endif
+    return argmax_scan(x, i, n, best, &best_logit);
+}
+
+}  // namespace
+
 Status Sampler::sample(const float *logits, int32_t n_vocab, int32_t *token_out) {
     if (logits == nullptr || token_out == nullptr)
         return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: logits or token_out is NULL");
@@ -82,18 +135,11 @@ Status Sampler::sample(const float *logits, int32_t n_vocab, int32_t *token_out)
         // and scanning them again took 4x as long: a batched server step draws one token per sequence).
         // The same checks, in the same order, and the same token (the first of equal maxima: lowest id).
         int32_t best = 0;
-        float best_logit = -INFINITY;
-        for (int32_t i = 0; i < n_vocab; i++) {
-            const float l = logits[i];
-            if (!(l < INFINITY))
-                return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: logit %d is %s", i,
-                                 std::isnan(l) ? "NaN" : "+inf");
-            if (l > best_logit) {
-                best_logit = l;
-                best = i;
-            }
-        }
-        if (best_logit == -INFINITY) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: every logit is -inf");
+        const int32_t bad = argmax_finite(logits, n_vocab, &best);
+        if (bad >= 0)
+            return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: logit %d is %s", bad,
+                             std::isnan(logits[bad]) ? "NaN" : "+inf");
+        if (logits[best] == -INFINITY) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: every logit is -inf");
         *token_out = best;
         accept(best);
         return MOLE_STATUS_OK;

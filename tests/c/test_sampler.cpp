@@ -128,6 +128,16 @@ static void test_greedy() {
     CHECK(s->sample(bad, 4, &t) == MOLE_STATUS_INVALID_ARGUMENT && std::strstr(last_error(), "logit 3 is NaN"));
     float ninf[3] = {-INFINITY, -INFINITY, -INFINITY};
     CHECK(s->sample(ninf, 3, &t) == MOLE_STATUS_INVALID_ARGUMENT && std::strstr(last_error(), "every logit is -inf"));
+    std::vector<float> wide(70, 1.0f);   // past the first block of 32
+    wide[50] = INFINITY;
+    wide[40] = NAN;
+    CHECK(s->sample(wide.data(), 70, &t) == MOLE_STATUS_INVALID_ARGUMENT &&
+          std::strstr(last_error(), "logit 40 is NaN"));
+    std::vector<float> all_ninf(100, -INFINITY);
+    CHECK(s->sample(all_ninf.data(), 100, &t) == MOLE_STATUS_INVALID_ARGUMENT && std::strstr(last_error(), "-inf"));
+    wide.assign(70, 1.0f);
+    wide[33] = wide[65] = 2.0f;   // the first of two equal maxima, in different blocks
+    CHECK(draw(*s, wide) == 33);
 }
 
 static void test_filters() {
