@@ -67,7 +67,7 @@ def gguf_layout(path: str | pathlib.Path, weights_f32: bool = False) -> dict:
     f = {k: int(r.fields[f"{arch}.{k}"].contents()) for k in ("block_count", "embedding_length",
                                                                "attention.head_count", "attention.head_count_kv")}
     kv_dim = f["embedding_length"] // f["attention.head_count"] * f["attention.head_count_kv"]
-    out["kv_bytes_per_pos"] = 2 * f["block_count"] * kv_dim * 4     # K and V, fp32, every layer
+    out["kv_values_per_pos"] = 2 * f["block_count"] * kv_dim     # K and V, every layer
     out["dense_weight_bytes"] = out["file_bytes"] - out["lut_bytes"]
     return out
 
@@ -202,8 +202,9 @@ def _run_mole(path: str, prompt: list[int], n_gen: int, threads: int) -> dict:
         tok = int(np.argmax(m.eval([tok])))
         steps.append(time.perf_counter() - t0)
     s1 = m.stats()
+    kv_type = m.kv_type
     m.close()
-    return {"load_s": load_s, "prompt_s": t_prompt, "step_s": steps, "ids": ids,
+    return {"kv_type": kv_type, "load_s": load_s, "prompt_s": t_prompt, "step_s": steps, "ids": ids,
             "lut_bytes_prompt": s_prompt["lut_bytes_fetched"], "lut_rows_prompt": s_prompt["lut_rows_fetched"],
             "lut_bytes_decode": s1["lut_bytes_fetched"] - s0["lut_bytes_fetched"],
             "lut_rows_decode": s1["lut_rows_fetched"] - s0["lut_rows_fetched"],
@@ -390,7 +391,9 @@ def summarize(runs: dict, layouts: dict, bw: dict, prompt: int, gen: int, pairs:
         ratios["mole_over_dense_step_warm"] = m["step_ms_median"] / out["dense"]["step_ms_median"]
         if "mole-cold" in out:
             ratios["mole_over_dense_step_cold"] = out["mole-cold"]["step_ms_median"] / out["dense"]["step_ms_median"]
-        kv = layouts["mole"]["kv_bytes_per_pos"] * (prompt + gen + 16)   # fp32 KV cache of the runs' n_ctx
+        kv_type = runs["mole"][0].get("kv_type", "f32")   # the cache the runs had (the library's default)
+        ratios["kv_type"] = kv_type
+        kv = layouts["mole"]["kv_values_per_pos"] * (2 if kv_type == "f16" else 4) * (prompt + gen + 16)   # n_ctx
         ratios["rss_budget_bytes"] = out["dense"]["dense_weight_bytes"] + kv + 128 * 2**20
         ratios["rss_over_budget"] = m["peak_rss_bytes"] / ratios["rss_budget_bytes"]
     for mode, rs in (pairs or {}).items():   # per run: median MoLE step / median dense step; median over runs
@@ -443,7 +446,7 @@ def table(res: dict) -> str:
         notes.append(f"prompt vs the better peer: {r['prompt_vs_best_peer']:.2f}x")
     if "rss_budget_bytes" in r:
         notes.append(f"peak RSS MoLE {res['variants']['mole']['peak_rss_bytes'] / MB:.0f} MB vs budget (dense weights "
-                     f"+ fp32 KV cache + 128 MB) {r['rss_budget_bytes'] / MB:.0f} MB")
+                     f"+ {r.get('kv_type', 'f32')} KV cache + 128 MB) {r['rss_budget_bytes'] / MB:.0f} MB")
     if "mole-cold" in res["variants"]:
         c = res["variants"]["mole-cold"]
         notes.append(f"cold: LUT resident before the run {c['resident_before']} B; process disk reads "

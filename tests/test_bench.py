@@ -68,6 +68,8 @@ def test_harness_quick_json_and_table(models, tmp_path):
     assert cold["lut_bytes_in_per_distinct"] > 0
     assert {"mole_over_dense_step_warm", "mole_over_dense_step_cold", "decode_vs_torch", "prompt_vs_best_peer",
             "rss_budget_bytes", "interleaved_warm", "interleaved_cold"} <= set(res["ratios"])
+    assert res["ratios"]["kv_type"] == "f16"      # the CPU's default cache, which the RSS budget counts
+    assert "+ f16 KV cache + 128 MB" in p.stdout
     # interleaved MoLE / dense: every step's token is new to the run, so each one fetches its row
     assert "decode steps interleaved" in p.stdout
     for mode in ("warm", "cold"):
