@@ -4,6 +4,7 @@
 // float once per block. Same arithmetic as matmul_q8x16_portable, so the results are identical.
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "backend/cpu/avx512_common.h"
 #include "backend/cpu/repack.h"
@@ -92,68 +93,50 @@ template <int G, int C> void tile(const Q8x16Args &a, int64_t g0, int64_t s, int
     store<G, C>(a, g0, s, r_end, acc);
 }
 
-// Decode of a batch: 4 groups x C <= 4 activation rows (sequences of one step), each block of the
-// 4 weight streams read once for the C rows, with the decode tile's prefetch. Two groups at a time
-// hold their 2 x C integer sums; the 4 x C float sums stay in registers across blocks (the loops
-// are unrolled by force: left to itself GCC kept the sums in memory).
-template <int C> void batch_tile(const Q8x16Args &a, int64_t g0, int64_t s, int64_t r_end) {
-    constexpr int G = 4;
+// Decode of a batch: one group x C <= 8 activation rows (sequences of one step), every sum in
+// registers (C integer and C float), each 64-byte line of weights loaded once for the C rows, with
+// the decode tile's prefetch (next: the next group's block, into L2). One group at a time, where a
+// tile of 2 groups x 4 rows kept 16 float sums and spilled the broadcasts of X it shared between the
+// groups: 8 rows through this tile took 0.60-0.76 of that one's time on the FFN up and output matrices
+// at 2 threads on a Zen 4, 4 rows 0.64-0.85 (bench/ab_ops.sh); the FFN down matrix within the noise.
+template <int C> void batch_group(const Q8x16Args &a, int64_t g, int64_t s, int64_t r_end) {
     const int64_t nb = a.k / QK;
-    const Groups<G> gr(a, g0);
-    const uint8_t *const *scales = gr.scales, *const *qs = gr.qs;
+    const Groups<1> gr(a, g);
     const Q8x16XRows<C> xr(a, s);
-    __m512 acc[G][C];
-    for (int i = 0; i < G; ++i)
-        for (int j = 0; j < C; ++j) acc[i][j] = _mm512_setzero_ps();
-    const int64_t next = q8x16_next_tile_bytes(a.n, a.k, g0, G);
+    const int64_t next = q8x16_next_tile_bytes(a.n, a.k, g, 1);
+    __m512 acc[1][C];
+    for (int j = 0; j < C; ++j) acc[0][j] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
-        prefetch_blocks<G>(qs, b, next);
+        prefetch_blocks<1>(gr.qs, b, next);
+        __m512i dot[C];
 #pragma GCC unroll 8
-        for (int i0 = 0; i0 < G; i0 += 2) {
-            __m512i dot[2][C];
+        for (int j = 0; j < C; ++j) dot[j] = _mm512_set1_epi32(-128 * xr.sum[j][b]);   // removes the weights' +128
 #pragma GCC unroll 8
-            for (int j = 0; j < C; ++j) {
-                const __m512i init = _mm512_set1_epi32(-128 * xr.sum[j][b]);   // removes the +128 of the weights
-                dot[0][j] = init;
-                dot[1][j] = init;
-            }
+        for (int c = 0; c < 8; ++c) {
+            const __m512i w = _mm512_load_si512(gr.qs[0] + b * 512 + c * 64);
 #pragma GCC unroll 8
-            for (int c = 0; c < 8; ++c) {
-                const __m512i w0 = _mm512_load_si512(qs[i0] + b * 512 + c * 64);
-                const __m512i w1 = _mm512_load_si512(qs[i0 + 1] + b * 512 + c * 64);
-#pragma GCC unroll 8
-                for (int j = 0; j < C; ++j) {
-                    const __m512i x = _mm512_set1_epi32(load_i32(xr.q[j] + b * QK + 4 * c));
-                    dot[0][j] = _mm512_dpbusd_epi32(dot[0][j], w0, x);
-                    dot[1][j] = _mm512_dpbusd_epi32(dot[1][j], w1, x);
-                }
-            }
-#pragma GCC unroll 8
-            for (int h = 0; h < 2; ++h) {
-                const __m512 dw =
-                    _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i *>(scales[i0 + h] + b * 32)));
-#pragma GCC unroll 8
-                for (int j = 0; j < C; ++j)
-                    acc[i0 + h][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[h][j]),
-                                                     _mm512_mul_ps(dw, _mm512_set1_ps(xr.d[j][b])), acc[i0 + h][j]);
-            }
+            for (int j = 0; j < C; ++j)
+                dot[j] = _mm512_dpbusd_epi32(dot[j], w, _mm512_set1_epi32(load_i32(xr.q[j] + b * QK + 4 * c)));
         }
+        const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i *>(gr.scales[0] + b * 32)));
+#pragma GCC unroll 8
+        for (int j = 0; j < C; ++j)
+            acc[0][j] =
+                _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[j]), _mm512_mul_ps(dw, _mm512_set1_ps(xr.d[j][b])), acc[0][j]);
     }
-    store<G, C>(a, g0, s, r_end, acc);
+    store<1, C>(a, g, s, r_end, acc);
 }
 
-// 4 groups against X rows s0 .. s1 (at most kQ8x16BatchRows) in batch tiles of up to 4 rows: the
-// first tile streams the groups from memory, the others find them in L2. (Tiles of 8 rows spilled
-// their 32 float sums and ran no faster on the 768 x 50304 output matrix, slower on the FFN ones.)
+// Groups g0 .. g0+4 against X rows s0 .. s1 (at most kQ8x16BatchRows), each group in passes of up to
+// 8 rows (the first streams it from memory, a second finds it in L2).
+template <int... Cs>
+void batch_rows(const Q8x16Args &a, int64_t g, int64_t s, int64_t n, int64_t r_end, std::integer_sequence<int, Cs...>) {
+    ((n == Cs + 1 ? batch_group<Cs + 1>(a, g, s, r_end) : void()), ...);
+}
 void batch_groups(const Q8x16Args &a, int64_t g0, int64_t s0, int64_t s1, int64_t r_end) {
-    for (int64_t s = s0; s < s1; s += 4) {
-        switch (std::min<int64_t>(4, s1 - s)) {
-        case 1: batch_tile<1>(a, g0, s, r_end); break;
-        case 2: batch_tile<2>(a, g0, s, r_end); break;
-        case 3: batch_tile<3>(a, g0, s, r_end); break;
-        default: batch_tile<4>(a, g0, s, r_end); break;
-        }
-    }
+    for (int64_t g = g0; g < g0 + 4; ++g)
+        for (int64_t s = s0; s < s1; s += 8)
+            batch_rows(a, g, s, std::min<int64_t>(8, s1 - s), r_end, std::make_integer_sequence<int, 8>{});
 }
 
 // Groups g0 .. g1 against X rows s0 .. s1 in tiles of G groups x up to 6 rows.
