@@ -135,12 +135,11 @@ template <class D, int G> void decode(const Q8x16Args &a, int64_t g0, int64_t s,
     for (int i = 0; i < 2 * G; ++i) store_rows(a, 2 * g0 + i, s, r_end, acc[i]);
 }
 
-// Decode of a batch: groups g0 .. g0+4 (8 halves, 4 streams, prefetched as in decode) against
-// C <= 4 X rows, each block of the streams read once for the C rows. One group at a time holds its
-// 2 x C integer sums in registers (the loops unrolled by force, as on AVX-512); the 8 x C float
-// sums live in L1, touched once a block.
-template <class D, int C> void batch(const Q8x16Args &a, int64_t g0, int64_t s, int64_t r_end) {
-    constexpr int G = 4;
+// Decode of a batch: groups g0 .. g0+G (2G halves, prefetched as in decode) against C <= 4 X rows,
+// each block read once for the C rows. One group at a time holds its 2 x C integer sums in
+// registers (the loops unrolled by force, as on AVX-512); the 2G x C float sums live in L1, touched
+// once a block. batch_groups runs it one group at a time (G = 1).
+template <class D, int C, int G> void batch(const Q8x16Args &a, int64_t g0, int64_t s, int64_t r_end) {
     const int64_t nb = a.k / QK;
     Half hs[2 * G];
     for (int i = 0; i < 2 * G; ++i) hs[i] = Half(a, 2 * g0 + i);
@@ -184,17 +183,21 @@ template <class D, int C> void batch(const Q8x16Args &a, int64_t g0, int64_t s, 
         for (int j = 0; j < C; ++j) store_rows(a, 2 * g0 + i, s + j, r_end, acc[i][j]);
 }
 
-// Groups g0 .. g0+4 against X rows s0 .. s1 in batch tiles of up to 4 rows (the first streams the
-// groups from memory, the others find them in L2).
+// Groups g0 .. g0+4 against X rows s0 .. s1, one group at a time in passes of up to 4 rows (the
+// first streams the group from memory, the others find it in L1). Before, each pass ran over the 4
+// groups at once (4 streams, 8 x C float sums): one group at a time took 0.76-0.91 of that time at
+// 2-16 rows on a Zen 4 at 2 threads under MOLE_CPU_ISA=avx2 (bench/ab_ops.sh), the output matrix at 8
+// rows the same.
 template <class D> void batch_groups(const Q8x16Args &a, int64_t g0, int64_t s0, int64_t s1, int64_t r_end) {
-    for (int64_t s = s0; s < s1; s += 4) {
-        switch (s1 - s) {
-        case 1: decode<D, 4>(a, g0, s, r_end); break;
-        case 2: batch<D, 2>(a, g0, s, r_end); break;
-        case 3: batch<D, 3>(a, g0, s, r_end); break;
-        default: batch<D, 4>(a, g0, s, r_end); break;
+    for (int64_t g = g0; g < g0 + 4; ++g)
+        for (int64_t s = s0; s < s1; s += 4) {
+            switch (s1 - s) {
+            case 1: batch<D, 1, 1>(a, g, s, r_end); break;
+            case 2: batch<D, 2, 1>(a, g, s, r_end); break;
+            case 3: batch<D, 3, 1>(a, g, s, r_end); break;
+            default: batch<D, 4, 1>(a, g, s, r_end); break;
+            }
         }
-    }
 }
 
 // Halves h0 .. h0+H against X rows s0 .. s1 in tiles of H halves x up to C rows.
