@@ -20,8 +20,9 @@
 namespace mole::cpu {
 
 constexpr int64_t kQ8x16Rows = 16;
-// Steps of up to this many activation rows (decode of one or a batch of sequences) stream 4
-// groups at a time, each block read once for up to 8 rows; larger S take the prompt tiles.
+// Steps of up to this many activation rows (decode of one or a batch of sequences) take the decode
+// tiles: one row streams 4 groups at a time, a batch one group at a time, each block read once for
+// up to 8 rows (4 on 256-bit registers); larger S take the prompt tiles.
 constexpr int64_t kQ8x16BatchRows = 16;
 
 // Bytes of one group of 16 rows and where its qs start.
