@@ -391,8 +391,7 @@ def summarize(runs: dict, layouts: dict, bw: dict, prompt: int, gen: int, pairs:
         ratios["mole_over_dense_step_warm"] = m["step_ms_median"] / out["dense"]["step_ms_median"]
         if "mole-cold" in out:
             ratios["mole_over_dense_step_cold"] = out["mole-cold"]["step_ms_median"] / out["dense"]["step_ms_median"]
-        kv_type = runs["mole"][0].get("kv_type", "f32")   # the cache the runs had (the library's default)
-        ratios["kv_type"] = kv_type
+        kv_type = ratios["kv_type"] = runs["mole"][0]["kv_type"]   # the cache the runs had (the library's default)
         kv = layouts["mole"]["kv_values_per_pos"] * (2 if kv_type == "f16" else 4) * (prompt + gen + 16)   # n_ctx
         ratios["rss_budget_bytes"] = out["dense"]["dense_weight_bytes"] + kv + 128 * 2**20
         ratios["rss_over_budget"] = m["peak_rss_bytes"] / ratios["rss_budget_bytes"]
@@ -446,7 +445,7 @@ def table(res: dict) -> str:
         notes.append(f"prompt vs the better peer: {r['prompt_vs_best_peer']:.2f}x")
     if "rss_budget_bytes" in r:
         notes.append(f"peak RSS MoLE {res['variants']['mole']['peak_rss_bytes'] / MB:.0f} MB vs budget (dense weights "
-                     f"+ {r.get('kv_type', 'f32')} KV cache + 128 MB) {r['rss_budget_bytes'] / MB:.0f} MB")
+                     f"+ {r['kv_type']} KV cache + 128 MB) {r['rss_budget_bytes'] / MB:.0f} MB")
     if "mole-cold" in res["variants"]:
         c = res["variants"]["mole-cold"]
         notes.append(f"cold: LUT resident before the run {c['resident_before']} B; process disk reads "

@@ -166,3 +166,16 @@ def test_mole_bench_cli(models, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "mole", "bench", "-m", str(tmp_path / "none.gguf")],
                          capture_output=True, text=True, env=_env(), timeout=120)
     assert bad.returncode == 1 and "none.gguf" in bad.stderr
+
+
+def test_prof_batch_batcher_splits_the_step(models, capsys):
+    """bench/prof_batch.py --batcher: every step of S greedy jobs, split into mole_decode and the rest."""
+    import prof_batch
+
+    r = prof_batch.run_batcher(str(models[0]), 3, 5, 1, 4)
+    assert r["S"] == 3 and r["steps"] == 4          # 5 tokens a job: the prompt step, then 4 decode steps
+    assert 0 < r["decode_ms"] <= r["step_ms"] and r["rest_ms"] >= 0 and r["tok_s"] > 0
+    assert prof_batch.main([str(models[0]), "--seqs", "1,2", "--steps", "3", "--prompt", "4", "--threads", "1",
+                            "--batcher"]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| 1 ") or ln.startswith("| 2 ")]
+    assert len(rows) == 2

@@ -93,7 +93,8 @@ int32_t argmax_scan(const float *x, int32_t i, int32_t n, int32_t *best, float *
 }
 
 // The first index of the largest of x[0 .. n) into *best; returns the first NaN or +inf index, or -1.
-// In blocks of 32 with SSE2 (every x86-64): 13 us against 33-48 us for the scalar scan on 50k logits.
+// In blocks of 32 with SSE2 (every x86-64), each block's max and NaN/+inf flag in 4 lanes; the scalar scan
+// elsewhere and for the tail.
 int32_t argmax_finite(const float *x, int32_t n, int32_t *best) {
     float best_logit = -INFINITY;
     *best = 0;
@@ -131,9 +132,10 @@ Status Sampler::sample(const float *logits, int32_t n_vocab, int32_t *token_out)
         return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: logits or token_out is NULL");
     if (n_vocab < 1) return set_error(MOLE_STATUS_INVALID_ARGUMENT, "sampler: n_vocab = %d (need at least 1)", n_vocab);
     if (params_.temperature <= 0.0f && (params_.repeat_penalty == 1.0f || history_.empty())) {
-        // Greedy without a penalty: one pass over the logits, no candidate list (writing 50k candidates
-        // and scanning them again took 4x as long: a batched server step draws one token per sequence).
-        // The same checks, in the same order, and the same token (the first of equal maxima: lowest id).
+        // Greedy without a penalty: one pass over the logits, no candidate list. bench/bench_sampler.py
+        // --temperature 0 (50,304 logits, Zen 4): 0.010 ms a draw against 0.073-0.117 ms for writing the
+        // candidates and scanning them, once per sequence in every batched server step. The same checks,
+        // in the same order, and the same token (the first of equal maxima: lowest id).
         int32_t best = 0;
         const int32_t bad = argmax_finite(logits, n_vocab, &best);
         if (bad >= 0)

@@ -97,8 +97,8 @@ template <int G, int C> void tile(const Q8x16Args &a, int64_t g0, int64_t s, int
 // registers (C integer and C float), each 64-byte line of weights loaded once for the C rows, with
 // the decode tile's prefetch (next: the next group's block, into L2). One group at a time, where a
 // tile of 2 groups x 4 rows kept 16 float sums and spilled the broadcasts of X it shared between the
-// groups: 8 rows through this tile took 0.60-0.76 of that one's time on the FFN up and output matrices
-// at 2 threads on a Zen 4, 4 rows 0.64-0.85 (bench/ab_ops.sh); the FFN down matrix within the noise.
+// groups: 8 rows through this tile took 0.60-0.80 of that one's time on the FFN up and output matrices
+// at 2 threads on a Zen 4, 4 rows 0.63-0.81 (bench/ab_ops.sh); the FFN down matrix 0.96-1.21.
 template <int C> void batch_group(const Q8x16Args &a, int64_t g, int64_t s, int64_t r_end) {
     const int64_t nb = a.k / QK;
     const Groups<1> gr(a, g);
@@ -128,7 +128,7 @@ template <int C> void batch_group(const Q8x16Args &a, int64_t g, int64_t s, int6
 }
 
 // Groups g0 .. g0+4 against X rows s0 .. s1 (at most kQ8x16BatchRows), each group in passes of up to
-// 8 rows (the first streams it from memory, a second finds it in L2).
+// 8 rows (the first streams it from memory, a second finds it in L1 or L2).
 template <int... Cs>
 void batch_rows(const Q8x16Args &a, int64_t g, int64_t s, int64_t n, int64_t r_end, std::integer_sequence<int, Cs...>) {
     ((n == Cs + 1 ? batch_group<Cs + 1>(a, g, s, r_end) : void()), ...);

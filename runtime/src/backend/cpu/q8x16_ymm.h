@@ -135,67 +135,58 @@ template <class D, int G> void decode(const Q8x16Args &a, int64_t g0, int64_t s,
     for (int i = 0; i < 2 * G; ++i) store_rows(a, 2 * g0 + i, s, r_end, acc[i]);
 }
 
-// Decode of a batch: groups g0 .. g0+G (2G halves, prefetched as in decode) against C <= 4 X rows,
-// each block read once for the C rows. One group at a time holds its 2 x C integer sums in
-// registers (the loops unrolled by force, as on AVX-512); the 2G x C float sums live in L1, touched
-// once a block. batch_groups runs it one group at a time (G = 1).
-template <class D, int C, int G> void batch(const Q8x16Args &a, int64_t g0, int64_t s, int64_t r_end) {
+// Decode of a batch: group g (its 2 halves, prefetched as in decode) against C <= 4 X rows, each
+// block read once for the C rows: the 2 x C integer sums in registers (the loops unrolled by force,
+// as on AVX-512), the 2 x C float sums in L1, touched once a block.
+template <class D, int C> void batch(const Q8x16Args &a, int64_t g, int64_t s, int64_t r_end) {
     const int64_t nb = a.k / QK;
-    Half hs[2 * G];
-    for (int i = 0; i < 2 * G; ++i) hs[i] = Half(a, 2 * g0 + i);
+    const Half hs[2] = {Half(a, 2 * g), Half(a, 2 * g + 1)};
     const Q8x16XRows<C> xr(a, s);
-    __m256 acc[2 * G][C];
-    for (int i = 0; i < 2 * G; ++i)
-        for (int j = 0; j < C; ++j) acc[i][j] = _mm256_setzero_ps();
+    __m256 acc[2][C];
+    for (int h = 0; h < 2; ++h)
+        for (int j = 0; j < C; ++j) acc[h][j] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
+        prefetch_block<_MM_HINT_T0>(hs[0].qs + (b + 2) * 512);
+        _mm_prefetch(reinterpret_cast<const char *>(hs[0].scales + (b + 8) * 32), _MM_HINT_T0);
+        __m256i dot[2][C];
 #pragma GCC unroll 4
-        for (int g = 0; g < G; ++g) {
-            prefetch_block<_MM_HINT_T0>(hs[2 * g].qs + (b + 2) * 512);
-            _mm_prefetch(reinterpret_cast<const char *>(hs[2 * g].scales + (b + 8) * 32), _MM_HINT_T0);
-        }
-#pragma GCC unroll 4
-        for (int g = 0; g < G; ++g) {
-            __m256i dot[2][C];
-#pragma GCC unroll 4
-            for (int j = 0; j < C; ++j) dot[0][j] = dot[1][j] = D::init(xr.sum[j][b]);
+        for (int j = 0; j < C; ++j) dot[0][j] = dot[1][j] = D::init(xr.sum[j][b]);
 #pragma GCC unroll 8
-            for (int c = 0; c < 8; ++c) {
-                const typename D::W w0 = D::prep(hs[2 * g].line(b, c)), w1 = D::prep(hs[2 * g + 1].line(b, c));
+        for (int c = 0; c < 8; ++c) {
+            const typename D::W w0 = D::prep(hs[0].line(b, c)), w1 = D::prep(hs[1].line(b, c));
 #pragma GCC unroll 4
-                for (int j = 0; j < C; ++j) {
-                    const __m256i x = _mm256_set1_epi32(load_i32(xr.q[j] + b * QK + 4 * c));
-                    dot[0][j] = D::step(dot[0][j], w0, x);
-                    dot[1][j] = D::step(dot[1][j], w1, x);
-                }
+            for (int j = 0; j < C; ++j) {
+                const __m256i x = _mm256_set1_epi32(load_i32(xr.q[j] + b * QK + 4 * c));
+                dot[0][j] = D::step(dot[0][j], w0, x);
+                dot[1][j] = D::step(dot[1][j], w1, x);
             }
+        }
 #pragma GCC unroll 2
-            for (int h = 0; h < 2; ++h) {
-                const __m256 dw = hs[2 * g + h].scale(b);
+        for (int h = 0; h < 2; ++h) {
+            const __m256 dw = hs[h].scale(b);
 #pragma GCC unroll 4
-                for (int j = 0; j < C; ++j)
-                    acc[2 * g + h][j] =
-                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[h][j]), _mm256_mul_ps(dw, _mm256_set1_ps(xr.d[j][b])),
-                                        acc[2 * g + h][j]);
-            }
+            for (int j = 0; j < C; ++j)
+                acc[h][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[h][j]),
+                                            _mm256_mul_ps(dw, _mm256_set1_ps(xr.d[j][b])), acc[h][j]);
         }
     }
-    for (int i = 0; i < 2 * G; ++i)
-        for (int j = 0; j < C; ++j) store_rows(a, 2 * g0 + i, s + j, r_end, acc[i][j]);
+    for (int h = 0; h < 2; ++h)
+        for (int j = 0; j < C; ++j) store_rows(a, 2 * g + h, s + j, r_end, acc[h][j]);
 }
 
 // Groups g0 .. g0+4 against X rows s0 .. s1, one group at a time in passes of up to 4 rows (the
-// first streams the group from memory, the others find it in L1). Before, each pass ran over the 4
-// groups at once (4 streams, 8 x C float sums): one group at a time took 0.76-0.91 of that time at
-// 2-16 rows on a Zen 4 at 2 threads under MOLE_CPU_ISA=avx2 (bench/ab_ops.sh), the output matrix at 8
-// rows the same.
+// first streams the group from memory, the others find it in L1 or L2). Before, each pass ran over
+// the 4 groups at once (4 streams, 8 x C float sums): one group at a time took 0.76-0.91 of that
+// time at 2-16 rows on a Zen 4 at 2 threads under MOLE_CPU_ISA=avx2 (bench/ab_ops.sh), the output
+// matrix at 8 rows the same.
 template <class D> void batch_groups(const Q8x16Args &a, int64_t g0, int64_t s0, int64_t s1, int64_t r_end) {
     for (int64_t g = g0; g < g0 + 4; ++g)
         for (int64_t s = s0; s < s1; s += 4) {
             switch (s1 - s) {
-            case 1: batch<D, 1, 1>(a, g, s, r_end); break;
-            case 2: batch<D, 2, 1>(a, g, s, r_end); break;
-            case 3: batch<D, 3, 1>(a, g, s, r_end); break;
-            default: batch<D, 4, 1>(a, g, s, r_end); break;
+            case 1: batch<D, 1>(a, g, s, r_end); break;
+            case 2: batch<D, 2>(a, g, s, r_end); break;
+            case 3: batch<D, 3>(a, g, s, r_end); break;
+            default: batch<D, 4>(a, g, s, r_end); break;
             }
         }
 }
