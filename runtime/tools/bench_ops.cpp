@@ -17,6 +17,7 @@
 #include "backend/cpu/quant.h"
 #include "backend/cpu/repack.h"
 #include "backend/cpu/threadpool.h"
+#include "mmap.h"
 
 using namespace mole;
 using namespace mole::cpu;
@@ -183,10 +184,16 @@ int main(int argc, char **argv) {
     }
 
     // One pool of bytes larger than the last-level cache: decode runs (S <= 16) rotate through copies
-    // of the weights in it so every matmul streams from memory, as decoding a real model does.
+    // of the weights in it so every matmul streams from memory, as decoding a real model does. It is
+    // allocated as the model's repacked weights are (LargeBuffer with the huge-page hint), so the
+    // kernels stream from the same kind of pages (transparent huge pages where the OS gives them).
     const int64_t pool_bytes = int64_t(cold_mb * 1e6);
-    std::vector<uint8_t> storage(static_cast<size_t>(pool_bytes) + 64);
-    uint8_t *buf = storage.data() + (64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) % 64;   // q8x16: aligned
+    std::unique_ptr<LargeBuffer> storage;
+    if (LargeBuffer::allocate(uint64_t(pool_bytes), true, "the cold working set", &storage)) {
+        std::fprintf(stderr, "bench_ops: %s\n", last_error());
+        return 1;
+    }
+    uint8_t *buf = storage->data();   // page-aligned (q8x16 needs 64)
     Rng rng;
     fill(Type::Q8_0, buf, pool_bytes, rng);
 
