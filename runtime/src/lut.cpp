@@ -36,6 +36,7 @@ Status LutStore::init(const Model &model, Backend &be, uint64_t cache_bytes, int
         slots_.reset(new int32_t[size_t(U)]);
         rows_.reset(new LutRow[size_t(U)]);
         pending_.reset(new LutFill[size_t(U)]);
+        whole_.reset(new LutFill[size_t(U)]);
         inplace_.reset(new uint64_t[size_t(U)]);
     } catch (const std::bad_alloc &) {
         return set_error(MOLE_STATUS_OUT_OF_MEMORY, "cannot allocate the LUT step tables");
@@ -48,6 +49,7 @@ void LutStore::prepare(const StepPlan &plan) {
     const uint64_t rb = reader_.row_bytes();
     for (int32_t u = 0; u < plan.n_uniq; ++u) rows_[u] = LutRow{slots_[u], nullptr};
     n_pending_ = n_inplace_ = 0;
+    int32_t n_whole = 0;
     next_layer_ = 0;
     for (int32_t i = 0; i < index_.n_misses(); ++i) {
         const LutMiss &m = index_.misses()[i];
@@ -64,13 +66,15 @@ void LutStore::prepare(const StepPlan &plan) {
             inplace_[n_inplace_++] = src;
             continue;
         }
-        if (reader_.resident(src, rb)) {   // in the page cache already: one read now, not one per layer
-            be_->lut_fill(reader_, &fill, 1, -1, BlockRange{0, rb, 0});
+        if (reader_.resident(src, rb)) {   // in the page cache already: read whole now, not one slice per layer
+            whole_[n_whole++] = fill;
             continue;
         }
         reader_.willneed(src, rb);
         pending_[n_pending_++] = fill;
     }
+    if (n_whole > 0)
+        be_->lut_fill(reader_, whole_.get(), n_whole, -1, BlockRange{0, rb, 0});   // one call: split over threads
     for (int32_t il = 0; il < std::min(feed_.lookahead, L_); ++il) fill_layer(il);
 }
 

@@ -54,6 +54,7 @@ private:
     std::unique_ptr<int32_t[]> slots_;   // [max_uniq] index_.prepare's result
     std::unique_ptr<LutRow[]> rows_;   // [max_uniq]
     std::unique_ptr<LutFill[]> pending_;   // [max_uniq] misses filled layer by layer
+    std::unique_ptr<LutFill[]> whole_;   // [max_uniq] misses in the page cache, filled whole at the start
     std::unique_ptr<uint64_t[]> inplace_;   // [max_uniq] file offsets of misses mixed in place
     int32_t n_pending_ = 0, n_inplace_ = 0;
 };

@@ -374,34 +374,46 @@ const Op kMatmulGroup{"matmul_group", group_make, group_run, group_ref};
 
 // ---- rope: rotate-half at the plan's positions ---------------------------------------------------
 
+// Two calls in one step, as a layer's Q and K: x [S, H, hd], then y [S, 1, hd] (a step computes
+// its angles once); the outputs are x then y.
 void rope_make(const Case &c, Rng &rng, Problem &p) {
     make_plan(c, rng, p, 8);
-    p.seq_len = {0, 1, 17, 2047, 65000};   // one row per sequence: these are the positions
+    if (c.n_seq == c.S) p.seq_len = {0, 1, 17, 2047, 65000};   // one row per sequence: these are the positions
     p.f.push_back(rng.vec(size_t(c.S * c.H * c.hd)));
+    p.f.push_back(rng.vec(size_t(c.S * c.hd)));
 }
 std::vector<float> rope_run(Dev &dv, const Case &c, const Problem &p) {
     dv.plan(p);
-    float *x = dv.in(p.f[0]);
+    float *x = dv.in(p.f[0]), *y = dv.in(p.f[1]);
     dv.be->rope(x, c.H, c.hd, 10000.0f, c.scale);
-    return dv.get(x, p.f[0].size());
+    dv.be->rope(y, 1, c.hd, 10000.0f, c.scale);
+    std::vector<float> out = dv.get(x, p.f[0].size()), yo = dv.get(y, p.f[1].size());
+    out.insert(out.end(), yo.begin(), yo.end());
+    return out;
 }
 std::vector<Ref> rope_ref(const Case &c, const Problem &p) {
     Ref r;
     const Rows rows = plan_rows(p);
-    r.value.resize(p.f[0].size());
-    r.bound.resize(p.f[0].size());
     const int64_t half = c.hd / 2;
-    for (int64_t s = 0; s < c.S; ++s)
-        for (int64_t h = 0; h < c.H; ++h)
-            for (int64_t i = 0; i < half; ++i) {
-                const size_t o = size_t((s * c.H + h) * c.hd);
-                const double ang =
-                    double(rows.pos[size_t(s)]) * c.scale * std::pow(10000.0, -2.0 * double(i) / double(c.hd));
-                const double a = p.f[0][o + size_t(i)], b = p.f[0][o + size_t(i + half)];
-                r.value[o + size_t(i)] = a * std::cos(ang) - b * std::sin(ang);
-                r.value[o + size_t(i + half)] = a * std::sin(ang) + b * std::cos(ang);
-                r.bound[o + size_t(i)] = r.bound[o + size_t(i + half)] = c.tol * (std::fabs(a) + std::fabs(b)) + 1e-30;
-            }
+    for (int t = 0; t < 2; ++t) {
+        const std::vector<float> &x = p.f[size_t(t)];
+        const int64_t H = t == 0 ? c.H : 1;
+        const size_t base = r.value.size();
+        r.value.resize(base + x.size());
+        r.bound.resize(base + x.size());
+        for (int64_t s = 0; s < c.S; ++s)
+            for (int64_t h = 0; h < H; ++h)
+                for (int64_t i = 0; i < half; ++i) {
+                    const size_t o = size_t((s * H + h) * c.hd);
+                    const double ang =
+                        double(rows.pos[size_t(s)]) * c.scale * std::pow(10000.0, -2.0 * double(i) / double(c.hd));
+                    const double a = x[o + size_t(i)], b = x[o + size_t(i + half)];
+                    r.value[base + o + size_t(i)] = a * std::cos(ang) - b * std::sin(ang);
+                    r.value[base + o + size_t(i + half)] = a * std::sin(ang) + b * std::cos(ang);
+                    r.bound[base + o + size_t(i)] = r.bound[base + o + size_t(i + half)] =
+                        c.tol * (std::fabs(a) + std::fabs(b)) + 1e-30;
+                }
+    }
     return {r};
 }
 const Op kRope{"rope", rope_make, rope_run, rope_ref};
@@ -626,13 +638,14 @@ const Op kGather{"gather_out_rows", gather_make, gather_run, gather_ref};
 // A LUT of V rows [L, N, d] in a file; f[0] the gates [S, N]; f[1] x [S, d]. Of the step's
 // distinct ids, the even ones are read from slots (filled whole, or one layer slice at a time)
 // and the odd ones in place from the mapping.
-constexpr int32_t kLutVocab = 12;
+constexpr int32_t kLutVocab = 12;   // (c.n, where above 1: a larger one)
 void lut_make(const Case &c, Rng &rng, Problem &p) {
-    make_plan(c, rng, p, kLutVocab);
+    const int32_t V = c.n > 1 ? int32_t(c.n) : kLutVocab;
+    make_plan(c, rng, p, V);
     const int64_t row = c.L * c.N * c.k;
-    const auto vals = rng.vec(size_t(kLutVocab * row), -3.0f, 3.0f);
+    const auto vals = rng.vec(size_t(V * row), -3.0f, 3.0f);
     // rows padded to whole blocks, as the converter writes them (L*N*d is a block multiple there)
-    const auto bytes = ref_quantize(c.type, vals.data(), kLutVocab, row);
+    const auto bytes = ref_quantize(c.type, vals.data(), V, row);
     char path[] = "/tmp/mole-test-lut-XXXXXX";
     const int fd = mkstemp(path);
     check(fd >= 0 && write(fd, bytes.data(), bytes.size()) == ssize_t(bytes.size()), "write the LUT file");
@@ -733,6 +746,11 @@ std::vector<Case> table() {
         c.n = d, c.S = 3;
         t.push_back(c);
     }
+    for (int64_t S : {64, 70}) {   // a prompt's rows: split over the workers in chunks
+        Case c{&kRmsnorm};
+        c.n = 96, c.S = S;
+        t.push_back(c);
+    }
     struct Shape {
         int64_t n, k;
     };
@@ -780,6 +798,11 @@ std::vector<Case> table() {
             c.S = 5, c.n_seq = 5, c.H = 3, c.hd = hd, c.scale = fs;
             t.push_back(c);
         }
+    for (int64_t hd : {6, 64}) {   // a prompt's rows of 3 sequences (positions 100 ..): split over the workers
+        Case c{&kRope};
+        c.S = 70, c.n_seq = 3, c.pos0 = 100, c.H = 2, c.hd = hd;
+        t.push_back(c);
+    }
     for (Type kv : {Type::F32, Type::F16})   // the KV cache's element type
         for (int64_t n_kv : {4, 2, 1})   // GQA ratios 1, 2, 4 with 4 query heads
             for (int64_t hd : {8, 13, 64, 80})
@@ -801,12 +824,13 @@ std::vector<Case> table() {
             t.push_back(c);
         }
     for (Type kv : {Type::F32, Type::F16})
-        for (int32_t seqs : {2, 3}) {   // several sequences in one step, interleaved entries
-            Case c{&kAttention};
-            c.type = kv;
-            c.H = 4, c.Hkv = 2, c.hd = 64, c.S = 11, c.n_seq = seqs, c.pos0 = 3;
-            t.push_back(c);
-        }
+        for (int32_t seqs : {2, 3})   // several sequences in one step, interleaved entries
+            for (int64_t S : {11, 70}) {   // 70: a prompt's rows, the K and V stores split over the workers
+                Case c{&kAttention};
+                c.type = kv;
+                c.H = 4, c.Hkv = 2, c.hd = 64, c.S = S, c.n_seq = seqs, c.pos0 = 3;
+                t.push_back(c);
+            }
     for (int64_t n : {1, 7, 50, 1000}) {
         Case c{&kSoftmax};
         c.n = n, c.S = 3;
@@ -817,10 +841,12 @@ std::vector<Case> table() {
         c.n = n, c.scale = n > 20000 ? 6.0f : 12.0f, c.tol = 1e-6;
         t.push_back(c);
     }
-    {
+    for (int64_t n : {1000, 40000}) {   // 40000: split over the workers in chunks
         Case c{&kAdd};
-        c.n = 1000, c.tol = 0;
+        c.n = n, c.tol = 0;
         t.push_back(c);
+    }
+    {
         Case g{&kGather};
         g.n = 33, g.S = 7, g.n_seq = 2, g.tol = 0;
         t.push_back(g);
@@ -838,6 +864,11 @@ std::vector<Case> table() {
                     t.push_back(c);
                 }
             }
+    for (Type ty : {Type::F32, Type::Q8_0}) {   // a prompt's many whole rows: their reads split over the workers
+        Case c{&kLut, ty};
+        c.N = 16, c.k = 768, c.L = 3, c.il = 1, c.S = 40, c.n_seq = 2, c.n = 64;
+        t.push_back(c);
+    }
     for (Type ty : {Type::IQ4_NL, Type::Q3_K})   // Q3_K slices that start inside a super-block
         for (int64_t d : {32, 64, 96}) {
             Case c{&kLut, ty};

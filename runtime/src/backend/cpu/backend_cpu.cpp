@@ -7,6 +7,7 @@
 #include <functional>
 #include <new>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 #include "backend/backend.h"
@@ -96,7 +97,10 @@ public:
     }
     uint64_t default_lut_cache_bytes(uint64_t) const override { return uint64_t(64) << 20; }
 
-    void begin_step(const StepPlan &plan) override { plan_ = &plan; }
+    void begin_step(const StepPlan &plan) override {
+        plan_ = &plan;
+        rope_valid_ = false;
+    }
 
     // Rows are read with pread, like LUT rows: a fault on the mapping maps its page-cache
     // neighbours too (fault-around, large folios), so a 512-token prompt touching 512 random
@@ -114,7 +118,10 @@ public:
     }
 
     void rmsnorm(const float *x, const Weight &w, int64_t S, float eps, float *out) override {
-        cpu::rmsnorm(x, reinterpret_cast<const float *>(w.data), S, w.ne0, eps, out);
+        const int64_t d = w.ne0;
+        over_rows(S, [&](int64_t r0, int64_t r1) {
+            cpu::rmsnorm(x + r0 * d, reinterpret_cast<const float *>(w.data), r1 - r0, d, eps, out + r0 * d);
+        });
     }
 
     void matmul(const MatOut *outs, int n_outs, const float *X, int64_t S) override {
@@ -127,8 +134,20 @@ public:
         }
     }
 
+    // The step's angles are computed at its first rope (layer 0's Q) and serve every layer's Q and K.
     void rope(float *x, int64_t n_head, int64_t hd, float theta, float freq_scale) override {
-        cpu::rope(x, plan_->n_rows, n_head, hd, plan_->pos, theta, freq_scale);
+        const int64_t S = plan_->n_rows;
+        if (!rope_valid_ || rope_hd_ != hd || rope_theta_ != theta || rope_scale_ != freq_scale) {
+            if (int64_t(rope_cs_.size()) < S * hd) rope_cs_.resize(size_t(S * hd));
+            over_rows(S, [&](int64_t r0, int64_t r1) {
+                cpu::rope_table(plan_->pos + r0, r1 - r0, hd, theta, freq_scale, rope_cs_.data() + r0 * hd);
+            });
+            rope_valid_ = true;
+            rope_hd_ = hd;
+            rope_theta_ = theta;
+            rope_scale_ = freq_scale;
+        }
+        over_rows(S, [&](int64_t r0, int64_t r1) { cpu::rope_apply(x, r0, r1, n_head, hd, rope_cs_.data()); });
     }
 
     void attention(KvCache &kv, int32_t layer, const float *q, const float *k, const float *v, int64_t n_head,
@@ -138,12 +157,24 @@ public:
         attn_seqs_.resize(size_t(p.n_groups));
         for (int32_t g = 0; g < p.n_groups; ++g) {   // each group: one sequence's rows of the step
             const int32_t r0 = p.group_start[g], len = p.group_len[g], pos0 = p.pos[r0];
-            char *kc = static_cast<char *>(kv.k_at(p.group_seq[g], layer));
-            char *vc = static_cast<char *>(kv.v_at(p.group_seq[g], layer));
-            cpu::kv_store_heads(k + int64_t(r0) * kvd, len, n_head_kv, hd, kv.type, kc, kv.n_ctx, pos0);
-            cpu::kv_store_heads(v + int64_t(r0) * kvd, len, n_head_kv, hd, kv.type, vc, kv.n_ctx, pos0);
+            const void *kc = kv.k_at(p.group_seq[g], layer), *vc = kv.v_at(p.group_seq[g], layer);
             attn_seqs_[size_t(g)] = cpu::AttnSeq{q + int64_t(r0) * qd, kc, vc, out + int64_t(r0) * qd, len, pos0};
         }
+        // The new K and V into the cache: one task per (group, K or V, kv head) for a prompt's rows,
+        // inline for a decode step's few.
+        auto store = [&](int64_t t, int) {
+            const int64_t g = t / (2 * n_head_kv), j = t % n_head_kv;
+            const bool is_v = t / n_head_kv % 2;
+            const int32_t r0 = p.group_start[g];
+            cpu::kv_store_heads((is_v ? v : k) + int64_t(r0) * kvd, p.group_len[g], n_head_kv, hd, kv.type,
+                                is_v ? kv.v_at(p.group_seq[g], layer) : kv.k_at(p.group_seq[g], layer), kv.n_ctx,
+                                p.pos[r0], j, j + 1);
+        };
+        const int64_t n_store = int64_t(p.n_groups) * 2 * n_head_kv;
+        if (pool_.size() > 1 && p.n_rows >= kWideRows)
+            pool_.parallel_for(n_store, std::ref(store));
+        else
+            for (int64_t t = 0; t < n_store; ++t) store(t, 0);
         // head-major cache: positions hd apart, heads n_ctx * hd
         cpu::attention_seqs(attn_seqs_.data(), p.n_groups, kv.type, hd, int64_t(kv.n_ctx) * hd, n_head, n_head_kv, hd,
                             &pool_);
@@ -152,7 +183,9 @@ public:
     void softmax(float *x, int64_t S, int64_t n) override { cpu::softmax(x, S, n); }
     void gelu(float *x, int64_t n) override { cpu::gelu(x, n, &pool_); }
     void add(float *x, const float *y, int64_t n) override {
-        for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+        split(n, kWideElems, kElemChunk, [&](int64_t i0, int64_t i1) {
+            for (int64_t i = i0; i < i1; ++i) x[i] += y[i];
+        });
     }
 
     void gather_out_rows(const float *x, int64_t d, float *out) override {
@@ -167,15 +200,21 @@ public:
 
     void lut_fill(const LutReader &reader, const LutFill *fills, int32_t n, int32_t, const BlockRange &range) override {
         const uint64_t off = range.offset, len = range.bytes;
-        for (int32_t i = 0; i < n; ++i) {
-            const int32_t s = fills[i].slot;
-            if (s < 0) continue;   // (never sent: the CPU mixes a row without a slot in place)
-            if (s >= populated_) {   // fresh slots: pages faulted in with one call, not one trap per page
-                slots_->populate(uint64_t(populated_) * slot_bytes_, uint64_t(s + 1 - populated_) * slot_bytes_);
-                populated_ = s + 1;
-            }
-            reader.read(fills[i].src + off, slots_->data() + uint64_t(s) * slot_bytes_ + off, len);
+        int32_t top = -1;   // fresh slots: pages faulted in with one call, not one trap per page
+        for (int32_t i = 0; i < n; ++i) top = std::max(top, fills[i].slot);
+        if (top >= populated_) {
+            slots_->populate(uint64_t(populated_) * slot_bytes_, uint64_t(top + 1 - populated_) * slot_bytes_);
+            populated_ = top + 1;
         }
+        auto read = [&](int64_t i, int) {
+            const int32_t s = fills[i].slot;   // (< 0 never sent: the CPU mixes a row without a slot in place)
+            if (s >= 0) reader.read(fills[i].src + off, slots_->data() + uint64_t(s) * slot_bytes_ + off, len);
+        };
+        // A prompt's rows (or a batch's) split over the threads: each read is a copy out of the page cache.
+        if (pool_.size() > 1 && n >= 4 && uint64_t(n) * len >= kWideFillBytes)
+            pool_.parallel_for(n, std::ref(read));
+        else
+            for (int32_t i = 0; i < n; ++i) read(i, 0);
     }
 
     void lut_mix(int32_t, const LutRow *rows, Type type, const BlockRange &slice, const float *gate, int64_t N,
@@ -199,6 +238,22 @@ public:
     Status status() const override { return MOLE_STATUS_OK; }
 
 private:
+    // The element-wise and row-wise ops of a step with at least kWideRows rows (a prompt's) go across
+    // the pool in chunks; a decode step's few rows stay on the caller, where a dispatch would cost
+    // more than the work.
+    static constexpr int64_t kWideRows = 64, kRowChunk = 32, kWideElems = 32768, kElemChunk = 16384;
+    static constexpr uint64_t kWideFillBytes = 128 << 10;   // LUT rows read by one thread below this
+    // f(i0, i1) over [0, n): in chunks of `chunk` across the pool from n = wide on, else at once.
+    template <class F> void split(int64_t n, int64_t wide, int64_t chunk, F &&f) {
+        if (pool_.size() < 2 || n < wide) {
+            if (n > 0) f(int64_t(0), n);
+            return;
+        }
+        auto run = [&](int64_t t, int) { f(t * chunk, std::min(n, (t + 1) * chunk)); };
+        pool_.parallel_for((n + chunk - 1) / chunk, std::ref(run));
+    }
+    template <class F> void over_rows(int64_t S, F &&f) { split(S, kWideRows, kRowChunk, std::forward<F>(f)); }
+
     struct AlignedFree {
         void operator()(void *p) const { ::operator delete(p, std::align_val_t(64)); }
     };
@@ -219,6 +274,10 @@ private:
     std::vector<uint8_t> embd_raw_;    // one embedding row as read from the file
     std::vector<float> mix_tmp_;       // [threads, N*d + 512] one layer's slice per thread
     std::vector<cpu::AttnSeq> attn_seqs_;   // [groups] the step's sequences for one attention dispatch
+    std::vector<float> rope_cs_;       // [rows, head_dim] the step's RoPE cos and sin (cpu::rope_table)
+    bool rope_valid_ = false;          // rope_cs_ holds this step's, for rope_hd_, rope_theta_, rope_scale_
+    int64_t rope_hd_ = 0;
+    float rope_theta_ = 0, rope_scale_ = 0;
 };
 
 Status probe(int32_t) { return MOLE_STATUS_OK; }

@@ -221,37 +221,58 @@ void rmsnorm(const float *x, const float *w, int64_t S, int64_t d, float eps, fl
     for (int64_t s = 0; s < S; ++s) {
         const float *xs = x + s * d;
         float *o = out + s * d;
-        double ss = 0.0;
-        for (int64_t i = 0; i < d; ++i) ss += double(xs[i]) * xs[i];
+        // the sum of squares in double, in four chains (one sequential chain waited on each add)
+        double ss0 = 0.0, ss1 = 0.0, ss2 = 0.0, ss3 = 0.0;
+        int64_t i = 0;
+        for (; i + 4 <= d; i += 4) {
+            ss0 += double(xs[i]) * xs[i];
+            ss1 += double(xs[i + 1]) * xs[i + 1];
+            ss2 += double(xs[i + 2]) * xs[i + 2];
+            ss3 += double(xs[i + 3]) * xs[i + 3];
+        }
+        for (; i < d; ++i) ss0 += double(xs[i]) * xs[i];
+        const double ss = (ss0 + ss1) + (ss2 + ss3);
         const float r = float(1.0 / std::sqrt(ss / double(d) + double(eps)));
-        for (int64_t i = 0; i < d; ++i) o[i] = w[i] * (xs[i] * r);
+        for (i = 0; i < d; ++i) o[i] = w[i] * (xs[i] * r);
     }
 }
 
-void rope(float *x, int64_t S, int64_t n_head, int64_t head_dim, const int32_t *pos, float theta, float freq_scale) {
+void rope_table(const int32_t *pos, int64_t S, int64_t head_dim, float theta, float freq_scale, float *cs) {
     const int64_t half = head_dim / 2;
-    static thread_local std::vector<float> cs;      // [half] cos, then [half] sin, of one position
     static thread_local std::vector<double> freq;   // [half] freq_scale * theta^(-2i/head_dim)
-    if (int64_t(cs.size()) < 2 * half) cs.resize(size_t(2 * half));
     if (int64_t(freq.size()) < half) freq.resize(size_t(half));
     for (int64_t i = 0; i < half; ++i)
         freq[size_t(i)] = double(freq_scale) * std::pow(double(theta), -2.0 * double(i) / double(head_dim));
     for (int64_t s = 0; s < S; ++s) {
+        float *c = cs + s * head_dim;
         for (int64_t i = 0; i < half; ++i) {
             const double ang = double(pos[s]) * freq[size_t(i)];
-            cs[size_t(i)] = float(std::cos(ang));
-            cs[size_t(half + i)] = float(std::sin(ang));
+            c[i] = float(std::cos(ang));
+            c[half + i] = float(std::sin(ang));
         }
+    }
+}
+
+void rope_apply(float *x, int64_t s0, int64_t s1, int64_t n_head, int64_t head_dim, const float *cs) {
+    const int64_t half = head_dim / 2;
+    for (int64_t s = s0; s < s1; ++s) {
+        const float *c = cs + s * head_dim, *sn = c + half;
         for (int64_t h = 0; h < n_head; ++h) {
             float *v = x + (s * n_head + h) * head_dim;
             for (int64_t i = 0; i < half; ++i) {
-                const float c = cs[size_t(i)], sn = cs[size_t(half + i)];
                 const float a = v[i], b = v[i + half];
-                v[i] = a * c - b * sn;
-                v[i + half] = a * sn + b * c;
+                v[i] = a * c[i] - b * sn[i];
+                v[i + half] = a * sn[i] + b * c[i];
             }
         }
     }
+}
+
+void rope(float *x, int64_t S, int64_t n_head, int64_t head_dim, const int32_t *pos, float theta, float freq_scale) {
+    static thread_local std::vector<float> cs;   // [S, head_dim]
+    if (int64_t(cs.size()) < S * head_dim) cs.resize(size_t(S * head_dim));
+    rope_table(pos, S, head_dim, theta, freq_scale, cs.data());
+    rope_apply(x, 0, S, n_head, head_dim, cs.data());
 }
 
 namespace {
@@ -431,9 +452,10 @@ void softmax(float *x, int64_t S, int64_t n) {
 }
 
 void kv_store_heads(const float *src, int64_t S, int64_t n_head_kv, int64_t hd, Type type, void *dst, int64_t n_ctx,
-                    int64_t pos0) {
+                    int64_t pos0, int64_t j0, int64_t j1) {
     const size_t eb = type == Type::F16 ? 2 : 4;
-    for (int64_t j = 0; j < n_head_kv; ++j) {
+    if (j1 < 0) j1 = n_head_kv;
+    for (int64_t j = j0; j < j1; ++j) {
         char *head = static_cast<char *>(dst) + size_t((j * n_ctx + pos0) * hd) * eb;
         for (int64_t s = 0; s < S; ++s) kv_store(src + (s * n_head_kv + j) * hd, type, head + size_t(s * hd) * eb, hd);
     }

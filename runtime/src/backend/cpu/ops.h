@@ -43,6 +43,11 @@ void rmsnorm(const float *x, const float *w, int64_t S, int64_t d, float eps, fl
 // Rotate-half RoPE in place on x[S, n_head, head_dim]: for pair (i, i + head_dim/2),
 // angle = pos[s] * freq_scale * theta^(-2i/head_dim).
 void rope(float *x, int64_t S, int64_t n_head, int64_t head_dim, const int32_t *pos, float theta, float freq_scale);
+// The same in two parts, so that a step computes its angles once for every layer's Q and K:
+// cs[S, head_dim] = cos of row s's pair i at [s][i], its sin at [s][head_dim/2 + i] (computed in
+// double, rounded to float); then rows s0 .. s1 of x rotated with them (the same results as rope).
+void rope_table(const int32_t *pos, int64_t S, int64_t head_dim, float theta, float freq_scale, float *cs);
+void rope_apply(float *x, int64_t s0, int64_t s1, int64_t n_head, int64_t head_dim, const float *cs);
 
 // x = 0.5 x (1 + erf(x / sqrt 2)) in place, n elements (relative error < 1e-6); large n is split
 // over pool (may be null).
@@ -55,9 +60,10 @@ void softmax(float *x, int64_t S, int64_t n);
 // on every ISA).
 void kv_store(const float *src, Type type, void *dst, int64_t n);
 // Appends src [S, n_head_kv, hd] at positions pos0 .. pos0+S-1 of one sequence and layer of a
-// head-major cache, dst [n_head_kv, n_ctx, hd] of `type` (as kv_store writes).
+// head-major cache, dst [n_head_kv, n_ctx, hd] of `type` (as kv_store writes); kv heads j0 .. j1
+// only (j1 < 0: to the last).
 void kv_store_heads(const float *src, int64_t S, int64_t n_head_kv, int64_t hd, Type type, void *dst, int64_t n_ctx,
-                    int64_t pos0);
+                    int64_t pos0, int64_t j0 = 0, int64_t j1 = -1);
 
 // Causal attention for several sequences in one dispatch over pool (a decode step of n sequences
 // is then one fork and join per layer, not n). For sequence i, with seqs[i]'s fields:
