@@ -268,13 +268,6 @@ void rope_apply(float *x, int64_t s0, int64_t s1, int64_t n_head, int64_t head_d
     }
 }
 
-void rope(float *x, int64_t S, int64_t n_head, int64_t head_dim, const int32_t *pos, float theta, float freq_scale) {
-    static thread_local std::vector<float> cs;   // [S, head_dim]
-    if (int64_t(cs.size()) < S * head_dim) cs.resize(size_t(S * head_dim));
-    rope_table(pos, S, head_dim, theta, freq_scale, cs.data());
-    rope_apply(x, 0, S, n_head, head_dim, cs.data());
-}
-
 namespace {
 void gelu_portable(float *x, int64_t n) {
     // 0.5 x (1 + erf(x / sqrt 2)) written with erfc so large negative x keeps full relative

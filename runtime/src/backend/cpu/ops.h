@@ -41,11 +41,9 @@ void matmul_multi(const MatmulOut *outs, int n_outs, int64_t k, const float *X, 
 void rmsnorm(const float *x, const float *w, int64_t S, int64_t d, float eps, float *out);
 
 // Rotate-half RoPE in place on x[S, n_head, head_dim]: for pair (i, i + head_dim/2),
-// angle = pos[s] * freq_scale * theta^(-2i/head_dim).
-void rope(float *x, int64_t S, int64_t n_head, int64_t head_dim, const int32_t *pos, float theta, float freq_scale);
-// The same in two parts, so that a step computes its angles once for every layer's Q and K:
-// cs[S, head_dim] = cos of row s's pair i at [s][i], its sin at [s][head_dim/2 + i] (computed in
-// double, rounded to float); then rows s0 .. s1 of x rotated with them (the same results as rope).
+// angle = pos[s] * freq_scale * theta^(-2i/head_dim). In two parts, so that a step computes its
+// angles once for every layer's Q and K: cs[S, head_dim] = cos of row s's pair i at [s][i], its
+// sin at [s][head_dim/2 + i] (computed in double, rounded to float); then rows s0 .. s1 of x.
 void rope_table(const int32_t *pos, int64_t S, int64_t head_dim, float theta, float freq_scale, float *cs);
 void rope_apply(float *x, int64_t s0, int64_t s1, int64_t n_head, int64_t head_dim, const float *cs);
 
