@@ -35,9 +35,9 @@ PRESETS = {
     "demo512": dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                     num_attention_heads=4, num_key_value_heads=4, num_experts=7, seq_len=512, batch_size=8,
                     steps=800, lr=2e-3, warmup=30, eval_every=100, log_every=10, save_every=25),
-    # The bundled demo since 76132b2 (docs/demo.md): demo512 with 6 layers and 6 experts, the most whose 3-bit (Q3_K) LUT
-    # keeps the file under 24 MB; bf16 autocast. Its run ended at its 95-minute limit at step 2965; --steps 2965 gives
-    # the same schedule without the clock.
+    # The bundled demo since 76132b2 (docs/demo.md): demo512 with 6 layers and 6 experts, the most whose 3-bit LUT
+    # (Q3_K) keeps the file under 24 MB; bf16 autocast. Its run ended at its 95-minute limit at step 2965;
+    # --steps 2965 gives the same schedule without the clock.
     "demo6": dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=6,
                   num_attention_heads=4, num_key_value_heads=4, num_experts=6, seq_len=512, batch_size=8,
                   steps=2965, lr=2e-3, warmup=30, eval_every=250, log_every=10, save_every=50),
